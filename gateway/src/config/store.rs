@@ -1,0 +1,202 @@
+//! The config store: the one place that writes the config file.
+//!
+//! A save validates first (an invalid config is never written), then
+//! replaces the file atomically so that a crash or power cut at any instant
+//! leaves either the old or the new file, never a mix or nothing:
+//!
+//! 1. write `.camgate.toml.tmp` (0600) and fsync it;
+//! 2. hard-link the current file to `.camgate.toml.prev.tmp`, rename that
+//!    over `camgate.toml.prev` (the current file is never moved away, so
+//!    there is no instant without one);
+//! 3. rename the temp file over `camgate.toml`;
+//! 4. fsync the directory so both renames are durable.
+//!
+//! Saves are serialized within the process by a mutex and across processes
+//! by an advisory lock on `.camgate.toml.lock`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::{Config, ConfigError, Overrides};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not saved: {0}")]
+    Invalid(#[from] ConfigError),
+    #[error("not saved: cannot {step} {}: {source}", path.display())]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug)]
+pub struct ConfigStore {
+    path: PathBuf,
+    overrides: Overrides,
+    in_process: Mutex<()>,
+}
+
+impl ConfigStore {
+    pub fn new(path: impl Into<PathBuf>, overrides: Overrides) -> Self {
+        Self {
+            path: path.into(),
+            overrides,
+            in_process: Mutex::new(()),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the version before the last save is kept.
+    pub fn previous_path(&self) -> PathBuf {
+        self.sibling("", ".prev")
+    }
+
+    /// Validates `text` and, only if it is valid, makes it the config file.
+    /// Blocking (fsync): call from `spawn_blocking` in async code.
+    pub fn save(&self, text: &str) -> Result<Config, StoreError> {
+        let config = super::parse(text, &self.path, self.overrides)?;
+        // A poisoned mutex only means another save panicked; the file
+        // protocol below never leaves a half state, so carry on.
+        let _guard = self
+            .in_process
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lock = self.sibling(".", ".lock");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock)
+            .map_err(io("open lock file", &lock))?;
+        lock_file.lock().map_err(io("lock", &lock))?;
+
+        let temp = self.sibling(".", ".tmp");
+        write_synced(&temp, text.as_bytes()).map_err(io("write", &temp))?;
+
+        let prev_temp = self.sibling(".", ".prev.tmp");
+        remove_if_present(&prev_temp).map_err(io("remove stale", &prev_temp))?;
+        match fs::hard_link(&self.path, &prev_temp) {
+            Ok(()) => {
+                let prev = self.previous_path();
+                fs::rename(&prev_temp, &prev).map_err(io("keep previous version as", &prev))?;
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {} // first save: nothing to keep
+            Err(e) => return Err(io("link previous version", &prev_temp)(e)),
+        }
+
+        fs::rename(&temp, &self.path).map_err(io("replace", &self.path))?;
+        let dir = self.dir();
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync directory", dir))?;
+        Ok(config)
+    }
+
+    fn dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        }
+    }
+
+    /// `dir/<prefix><file name><suffix>`
+    fn sibling(&self, prefix: &str, suffix: &str) -> PathBuf {
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        self.dir().join(format!("{prefix}{name}{suffix}"))
+    }
+}
+
+fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_owned();
+    move |source| StoreError::Io { step, path, source }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "[daemon]\nmode = \"dev\"\n";
+    const BETTER: &str = "[daemon]\nmode = \"dev\"\nlog = \"debug\"\n";
+
+    #[test]
+    fn save_keeps_previous_and_rejects_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::new(dir.path().join("camgate.toml"), Overrides::default());
+
+        store.save(GOOD).unwrap();
+        assert_eq!(fs::read_to_string(store.path()).unwrap(), GOOD);
+        assert!(!store.previous_path().exists());
+
+        let config = store.save(BETTER).unwrap();
+        assert_eq!(config.daemon.log, "debug");
+        assert_eq!(fs::read_to_string(store.path()).unwrap(), BETTER);
+        assert_eq!(fs::read_to_string(store.previous_path()).unwrap(), GOOD);
+
+        let err = store.save("[daemon]\nmode = \"turbo\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown variant `turbo`"), "{err}");
+        assert_eq!(
+            fs::read_to_string(store.path()).unwrap(),
+            BETTER,
+            "invalid config was written"
+        );
+        assert_eq!(fs::read_to_string(store.previous_path()).unwrap(), GOOD);
+    }
+
+    #[test]
+    fn saved_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::new(dir.path().join("camgate.toml"), Overrides::default());
+        store.save(GOOD).unwrap();
+        let mode = fs::metadata(store.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn concurrent_saves_serialize() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::new(dir.path().join("camgate.toml"), Overrides::default());
+        let texts: Vec<String> = (0..8).map(|i| format!("{GOOD}# writer {i}\n")).collect();
+        std::thread::scope(|scope| {
+            for text in &texts {
+                let store = &store;
+                scope.spawn(move || {
+                    for _ in 0..20 {
+                        store.save(text).unwrap();
+                    }
+                });
+            }
+        });
+        let last = fs::read_to_string(store.path()).unwrap();
+        assert!(texts.contains(&last));
+        let prev = fs::read_to_string(store.previous_path()).unwrap();
+        assert!(texts.contains(&prev));
+    }
+}

@@ -1,0 +1,227 @@
+//! Stage two: raw values → domain types with defaults filled in. Anything that
+//! can be wrong about a value that has the right TOML type is checked here,
+//! and the error points at the value.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use super::Overrides;
+use super::error::Problem;
+use super::raw::{RawAdmin, RawConfig, RawDaemon};
+
+/// The longest graceful stop we accept; systemd's `TimeoutStopSec` in
+/// camgate.service must stay above it.
+const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Production: privileged ports; firewall and interfaces are managed and
+    /// must apply, or camgate exposes nothing.
+    Appliance,
+    /// Developer machine: unprivileged ports, state under `./var`, and no
+    /// changes to the system (firewall, interfaces).
+    Dev,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Appliance => "appliance",
+            Self::Dev => "dev",
+        }
+    }
+}
+
+/// A validated configuration. Only [`super::parse`] builds one from text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub daemon: Daemon,
+    pub admin: Admin,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Daemon {
+    pub mode: Mode,
+    /// Absolute in appliance mode; may be relative to the working directory in dev mode.
+    pub state_dir: PathBuf,
+    /// tracing `EnvFilter` directives, already checked to parse.
+    pub log: String,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    /// Non-empty, no duplicates, no port 0.
+    pub listen: Vec<SocketAddr>,
+}
+
+impl Config {
+    /// The configuration of an appliance (or, with `--dev`, a developer
+    /// machine) that has no config file yet.
+    pub fn defaults(overrides: Overrides) -> Self {
+        validate(RawConfig::default(), overrides).expect("built-in defaults are valid")
+    }
+
+    /// Whether system changes (firewall, interfaces, addresses) are allowed.
+    pub fn manages_system(&self) -> bool {
+        self.daemon.mode == Mode::Appliance
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, Problem> {
+    let mode = if overrides.dev {
+        Mode::Dev
+    } else {
+        raw.daemon.mode.unwrap_or(Mode::Appliance)
+    };
+    Ok(Config {
+        daemon: daemon(raw.daemon, mode)?,
+        admin: admin(raw.admin, mode)?,
+    })
+}
+
+fn daemon(raw: RawDaemon, mode: Mode) -> Result<Daemon, Problem> {
+    let state_dir = match raw.state_dir {
+        None => PathBuf::from(match mode {
+            Mode::Appliance => "/var/lib/camgate",
+            Mode::Dev => "var/lib",
+        }),
+        Some(dir) => {
+            let span = dir.span();
+            let path = PathBuf::from(dir.into_inner());
+            if path.as_os_str().is_empty() {
+                return Err(Problem::new(span, "daemon.state_dir", "must not be empty"));
+            }
+            if mode == Mode::Appliance && !path.is_absolute() {
+                return Err(Problem::new(
+                    span,
+                    "daemon.state_dir",
+                    format!(
+                        "must be an absolute path in appliance mode, got {:?}",
+                        path.display()
+                    ),
+                ));
+            }
+            path
+        }
+    };
+
+    let log = match raw.log {
+        None => "info".to_owned(),
+        Some(log) => {
+            let span = log.span();
+            let directives = log.into_inner();
+            tracing_subscriber::EnvFilter::builder()
+                .parse(&directives)
+                .map_err(|e| {
+                    Problem::new(
+                        span,
+                        "daemon.log",
+                        format!("invalid log filter ({e}); expected e.g. \"info\" or \"info,camgate=debug\""),
+                    )
+                })?;
+            directives
+        }
+    };
+
+    let shutdown_grace = match raw.shutdown_grace {
+        None => Duration::from_secs(10),
+        Some(grace) => duration(&grace, "daemon.shutdown_grace", MAX_SHUTDOWN_GRACE)?,
+    };
+
+    Ok(Daemon {
+        mode,
+        state_dir,
+        log,
+        shutdown_grace,
+    })
+}
+
+fn admin(raw: RawAdmin, mode: Mode) -> Result<Admin, Problem> {
+    let Some(listen) = raw.listen else {
+        let default = match mode {
+            Mode::Appliance => "0.0.0.0:8080",
+            Mode::Dev => "127.0.0.1:8080",
+        };
+        return Ok(Admin {
+            listen: vec![default.parse().expect("valid default address")],
+        });
+    };
+    let list_span = listen.span();
+    let entries = listen.into_inner();
+    if entries.is_empty() {
+        return Err(Problem::new(
+            list_span,
+            "admin.listen",
+            "needs at least one address; the admin interface is how camgate is set up",
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut addresses = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let key = format!("admin.listen[{i}]");
+        let address = socket_address(entry, &key)?;
+        if !seen.insert(address) {
+            return Err(Problem::new(
+                entry.span(),
+                key,
+                format!("{address} is listed twice"),
+            ));
+        }
+        addresses.push(address);
+    }
+    Ok(Admin { listen: addresses })
+}
+
+fn socket_address(value: &Spanned<String>, key: &str) -> Result<SocketAddr, Problem> {
+    let address: SocketAddr = value.get_ref().parse().map_err(|_| {
+        Problem::new(
+            value.span(),
+            key,
+            format!(
+                "invalid address {:?}: expected IP:PORT such as \"0.0.0.0:8080\" or \"[::]:8080\" \
+                 (host names are not resolved)",
+                value.get_ref()
+            ),
+        )
+    })?;
+    if address.port() == 0 {
+        return Err(Problem::new(
+            value.span(),
+            key,
+            "port 0 would pick a random port; choose a fixed port",
+        ));
+    }
+    Ok(address)
+}
+
+fn duration(value: &Spanned<String>, key: &str, max: Duration) -> Result<Duration, Problem> {
+    let parsed = humantime::parse_duration(value.get_ref()).map_err(|e| {
+        Problem::new(
+            value.span(),
+            key,
+            format!(
+                "invalid duration {:?} ({e}); expected e.g. \"10s\" or \"1m 30s\"",
+                value.get_ref()
+            ),
+        )
+    })?;
+    if parsed > max {
+        return Err(Problem::new(
+            value.span(),
+            key,
+            format!(
+                "{} is too long; the maximum is {}",
+                value.get_ref(),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(parsed)
+}

@@ -1,0 +1,418 @@
+//! The daemon: starts every subsystem from one validated config, reloads
+//! them together, and drains them together.
+//!
+//! Reload is two-phase. Each subsystem first *prepares* everything the new
+//! config needs (binds sockets, parses certificates, builds rulesets)
+//! without touching what runs; only when all have prepared does each
+//! *commit*. Any failure leaves the old state running and is reported in
+//! the log, in `/api/status` and in the metrics. Later subsystems follow the
+//! same `prepare` → `commit` shape as [`AdminServer`].
+
+pub(crate) mod notify;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::metrics::ReloadResult;
+use crate::admin::{self, AdminServer, AppState, Metrics};
+use crate::config::{Config, ConfigError, ConfigSource, Loaded, Mode};
+use crate::setup;
+use crate::shutdown::Drain;
+use crate::telemetry::LogControl;
+
+/// Sockets bound before the daemon starts: by `main` from the config, or by
+/// a test on `127.0.0.1:0`. `admin[i]` serves `config.admin.listen[i]`.
+#[derive(Debug)]
+pub struct Listeners {
+    pub admin: Vec<std::net::TcpListener>,
+}
+
+impl Listeners {
+    pub fn bind(config: &Config) -> Result<Self, admin::BindError> {
+        let admin = config
+            .admin
+            .listen
+            .iter()
+            .map(|&address| admin::bind(address))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { admin })
+    }
+}
+
+/// What the daemon starts from.
+#[derive(Debug)]
+pub struct Startup {
+    pub source: ConfigSource,
+    pub loaded: Loaded,
+    pub log: LogControl,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create state directory {}: {source}", path.display())]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    SetupCode(#[from] setup::SetupCodeError),
+    #[error("{given} admin listener(s) given for {configured} configured address(es)")]
+    ListenerCount { given: usize, configured: usize },
+    #[error("cannot start: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("`{key}` changed; restart camgate to apply it")]
+    NeedsRestart { key: &'static str },
+    #[error("the config file is gone; keeping the running configuration")]
+    ConfigRemoved,
+    #[error(transparent)]
+    Bind(#[from] admin::BindError),
+    #[error("cannot apply: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The daemon's state as `/api/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonStatus {
+    pub mode: Mode,
+    pub setup: bool,
+    pub config_path: PathBuf,
+    /// 1 at start, +1 per successful reload.
+    pub generation: u64,
+    pub last_reload: Option<ReloadReport>,
+    pub system_changes: SystemChanges,
+    pub subsystems: Vec<SubsystemStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    pub ok: bool,
+    pub unix_time: u64,
+    pub error: Option<String>,
+}
+
+/// Whether camgate may change the system (firewall, interfaces). Subsystems
+/// that need to must check this, and in appliance mode fail closed when
+/// they cannot apply.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemChanges {
+    pub enabled: bool,
+    pub reason: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SubsystemStatus {
+    pub name: &'static str,
+    pub state: SubsystemState,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubsystemState {
+    Running,
+    Disabled,
+}
+
+/// A started daemon. [`run`] drives it from signals; tests may drive it
+/// directly.
+#[derive(Debug)]
+pub struct Daemon {
+    source: ConfigSource,
+    config: Config,
+    setup: bool,
+    log: LogControl,
+    drain: Drain,
+    admin: AdminServer,
+    status: watch::Sender<DaemonStatus>,
+    metrics: Arc<Metrics>,
+}
+
+impl Daemon {
+    pub fn start(
+        startup: Startup,
+        listeners: Listeners,
+        shutdown: CancellationToken,
+    ) -> Result<Self, DaemonError> {
+        let Startup {
+            source,
+            loaded: Loaded { config, setup },
+            log,
+        } = startup;
+        let configured = &config.admin.listen;
+        if listeners.admin.len() != configured.len() {
+            return Err(DaemonError::ListenerCount {
+                given: listeners.admin.len(),
+                configured: configured.len(),
+            });
+        }
+        create_state_dir(&config.daemon.state_dir)?;
+        if !config.manages_system() {
+            tracing::info!("dev mode: camgate will not change the firewall or network interfaces");
+        }
+
+        let drain = Drain::new(shutdown);
+        let started = Instant::now();
+        let metrics = Arc::new(Metrics::new(unix_now_f64()));
+        let (status, status_rx) = watch::channel(DaemonStatus {
+            mode: config.daemon.mode,
+            setup,
+            config_path: source.path.clone(),
+            generation: 1,
+            last_reload: None,
+            system_changes: system_changes(&config),
+            subsystems: Vec::new(),
+        });
+        let router = admin::router(AppState {
+            status: status_rx,
+            metrics: Arc::clone(&metrics),
+            started,
+        });
+        let admin = AdminServer::start(
+            configured.iter().copied().zip(listeners.admin).collect(),
+            router,
+            &drain,
+        )?;
+
+        let daemon = Self {
+            source,
+            config,
+            setup,
+            log,
+            drain,
+            admin,
+            status,
+            metrics,
+        };
+        daemon.publish_status(1);
+        if daemon.setup {
+            daemon.announce_setup()?;
+        } else {
+            for url in admin_urls(&daemon.admin.local_addrs()) {
+                tracing::info!("camgate admin interface: {url}");
+            }
+        }
+        notify::spawn_watchdog(CancellationToken::new());
+        notify::ready(&daemon.status_line());
+        tracing::info!(
+            generation = 1,
+            mode = daemon.config.daemon.mode.as_str(),
+            "camgate ready"
+        );
+        Ok(daemon)
+    }
+
+    pub fn status(&self) -> DaemonStatus {
+        self.status.borrow().clone()
+    }
+
+    pub fn admin_addrs(&self) -> Vec<SocketAddr> {
+        self.admin.local_addrs()
+    }
+
+    /// Re-reads the config and applies it whole, or not at all.
+    pub async fn reload(&mut self) -> Result<u64, ReloadError> {
+        notify::reloading();
+        let result = self.try_reload().await;
+        let generation = self.status.borrow().generation;
+        let report = match &result {
+            Ok(generation) => {
+                self.metrics.reload(ReloadResult::Ok);
+                tracing::info!(generation, "configuration reloaded");
+                ReloadReport {
+                    ok: true,
+                    unix_time: unix_now(),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                self.metrics.reload(ReloadResult::Error);
+                tracing::error!(
+                    generation,
+                    "reload failed; still running the previous configuration:\n{e}"
+                );
+                ReloadReport {
+                    ok: false,
+                    unix_time: unix_now(),
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+        self.status
+            .send_modify(|status| status.last_reload = Some(report));
+        notify::ready(&self.status_line());
+        result
+    }
+
+    async fn try_reload(&mut self) -> Result<u64, ReloadError> {
+        let source = self.source.clone();
+        let loaded = tokio::task::spawn_blocking(move || source.load())
+            .await
+            .map_err(|e| std::io::Error::other(format!("config loader panicked: {e}")))??;
+        if loaded.setup && !self.setup {
+            return Err(ReloadError::ConfigRemoved);
+        }
+        let new = loaded.config;
+        if new.daemon.mode != self.config.daemon.mode {
+            return Err(ReloadError::NeedsRestart { key: "daemon.mode" });
+        }
+        if new.daemon.state_dir != self.config.daemon.state_dir {
+            return Err(ReloadError::NeedsRestart {
+                key: "daemon.state_dir",
+            });
+        }
+
+        // Prepare every subsystem; nothing running has changed yet.
+        let admin = self.admin.prepare(&new.admin)?;
+
+        // Commit.
+        self.admin.commit(admin, &self.drain)?;
+        self.log.apply(&new.daemon.log);
+        self.config = new;
+        self.setup = loaded.setup;
+        let generation = self.status.borrow().generation + 1;
+        self.publish_status(generation);
+        Ok(generation)
+    }
+
+    /// Drains everything, at most for the configured grace period.
+    pub async fn stop(self) {
+        let grace = self.config.daemon.shutdown_grace;
+        notify::stopping("draining connections");
+        tracing::info!(grace = ?grace, "draining; send SIGTERM or SIGINT again to stop at once");
+        match self.drain.finish(grace).await {
+            Ok(()) => tracing::info!("drained; bye"),
+            Err(e) => tracing::warn!("{e}; stopping anyway"),
+        }
+    }
+
+    fn publish_status(&self, generation: u64) {
+        let mut subsystems = vec![self.admin.status()];
+        if !self.config.manages_system() {
+            for name in ["firewall", "interfaces"] {
+                subsystems.push(SubsystemStatus {
+                    name,
+                    state: SubsystemState::Disabled,
+                    detail: "dev mode: camgate makes no system changes".to_owned(),
+                });
+            }
+        }
+        self.status.send_modify(|status| {
+            status.setup = self.setup;
+            status.generation = generation;
+            status.subsystems = subsystems;
+        });
+        self.metrics.config_applied(generation, self.setup);
+    }
+
+    fn status_line(&self) -> String {
+        let status = self.status.borrow();
+        let state = if status.setup {
+            "waiting for setup"
+        } else {
+            "running"
+        };
+        let addrs: Vec<String> = self.admin.local_addrs().iter().map(ToString::to_string).collect();
+        format!(
+            "{state}; generation {}; admin on {}",
+            status.generation,
+            addrs.join(", ")
+        )
+    }
+
+    fn announce_setup(&self) -> Result<(), DaemonError> {
+        let code = setup::ensure_code(&self.config.daemon.state_dir)?;
+        tracing::warn!(
+            "camgate is not set up yet (no config at {}). Open {} in a browser on this network; \
+             setup code: {}",
+            self.source.path.display(),
+            admin_urls(&self.admin.local_addrs()).join(" or "),
+            code.as_str(),
+        );
+        Ok(())
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled, reloading on SIGHUP, then
+/// drains.
+pub async fn run(
+    startup: Startup,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let mut daemon = Daemon::start(startup, listeners, shutdown.clone())?;
+    let mut hangups = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = hangups.recv() => {
+                tracing::info!("SIGHUP: reloading configuration");
+                // Failures are logged and reported by `reload`; keep running.
+                let _ = daemon.reload().await;
+            }
+        }
+    }
+    daemon.stop().await;
+    Ok(())
+}
+
+fn system_changes(config: &Config) -> SystemChanges {
+    if config.manages_system() {
+        SystemChanges {
+            enabled: true,
+            reason: None,
+        }
+    } else {
+        SystemChanges {
+            enabled: false,
+            reason: Some("dev mode"),
+        }
+    }
+}
+
+fn create_state_dir(path: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| DaemonError::StateDir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// URLs a person can open; a wildcard address becomes the host's name.
+fn admin_urls(addrs: &[SocketAddr]) -> Vec<String> {
+    addrs
+        .iter()
+        .map(|addr| {
+            if addr.ip().is_unspecified() {
+                format!("http://<this machine's address>:{}/", addr.port())
+            } else {
+                format!("http://{addr}/")
+            }
+        })
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn unix_now_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

@@ -1,0 +1,24 @@
+//! camgate: a self-hosted edge gateway for video surveillance.
+//!
+//! The binary (`main.rs`) only calls [`cli::main`]. Everything else is a
+//! library so tests can run the daemon in-process on `127.0.0.1:0`:
+//!
+//! - [`config`]: the TOML file → validated [`config::Config`]; the config store.
+//! - [`daemon`]: start, reload (two-phase), drain; systemd notifications.
+//! - [`admin`]: the admin HTTP listener (health, status, metrics).
+//! - [`shutdown`]: the one drain mechanism.
+//! - [`telemetry`]: logging setup.
+//! - [`setup`]: setup mode's one-time code.
+//!
+//! See ARCHITECTURE.md at the repository root for the invariants.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod setup;
+pub mod shutdown;
+pub mod telemetry;
+
+/// camgate's version, as built.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

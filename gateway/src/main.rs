@@ -1,0 +1,5 @@
+//! The `camgate` binary; see the library for everything it does.
+
+fn main() -> std::process::ExitCode {
+    camgate::cli::main()
+}

@@ -1,0 +1,131 @@
+//! Setup mode's one-time code. It proves that whoever claims the appliance
+//! can read its console or log: a neighbour on the LAN cannot. It is kept
+//! under the state dir (0600) so it stays the same across restarts until
+//! the appliance is claimed.
+
+use std::fs::{self, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// No 0/O, 1/I: the code is read off a screen and typed on a phone.
+const ALPHABET: &[u8; 32] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
+const GROUP: usize = 5;
+const GROUPS: usize = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupCodeError {
+    #[error("cannot {step} setup code {}: {source}", path.display())]
+    Io {
+        step: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no randomness for the setup code: {0}")]
+    Random(getrandom::Error),
+}
+
+/// The code, e.g. `K7QXM-3RD9P` (50 bits).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SetupCode(String);
+
+impl std::fmt::Debug for SetupCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SetupCode(…)")
+    }
+}
+
+impl SetupCode {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn generate() -> Result<Self, SetupCodeError> {
+        let mut bytes = [0u8; GROUP * GROUPS];
+        getrandom::fill(&mut bytes).map_err(SetupCodeError::Random)?;
+        let mut code = String::with_capacity(GROUP * GROUPS + GROUPS - 1);
+        for (i, byte) in bytes.iter().enumerate() {
+            if i > 0 && i % GROUP == 0 {
+                code.push('-');
+            }
+            code.push(char::from(ALPHABET[usize::from(byte & 31)]));
+        }
+        Ok(Self(code))
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let well_formed = text.len() == GROUP * GROUPS + GROUPS - 1
+            && text
+                .split('-')
+                .all(|group| group.len() == GROUP && group.bytes().all(|b| ALPHABET.contains(&b)));
+        well_formed.then(|| Self(text.to_owned()))
+    }
+}
+
+pub fn code_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("setup-code")
+}
+
+/// Returns the stored code, or creates and stores a new one.
+pub fn ensure_code(state_dir: &Path) -> Result<SetupCode, SetupCodeError> {
+    let path = code_path(state_dir);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            if let Some(code) = SetupCode::parse(&text) {
+                return Ok(code);
+            }
+            tracing::warn!(path = %path.display(), "stored setup code is malformed; making a new one");
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(SetupCodeError::Io {
+                step: "read",
+                path,
+                source,
+            });
+        }
+    }
+    let code = SetupCode::generate()?;
+    let io = |step| {
+        move |source| SetupCodeError::Io {
+            step,
+            path: code_path(state_dir),
+            source,
+        }
+    };
+    let mut file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io("create"))?;
+    writeln!(file, "{}", code.as_str())
+        .and_then(|()| file.sync_all())
+        .map_err(io("write"))?;
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_is_stable_until_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ensure_code(dir.path()).unwrap();
+        assert!(SetupCode::parse(first.as_str()).is_some(), "{}", first.as_str());
+        assert_eq!(ensure_code(dir.path()).unwrap(), first);
+        fs::write(code_path(dir.path()), "garbage").unwrap();
+        let replaced = ensure_code(dir.path()).unwrap();
+        assert_ne!(replaced.as_str(), "garbage");
+    }
+
+    #[test]
+    fn parse_rejects_ambiguous_characters() {
+        assert!(SetupCode::parse("ABCDE-23456").is_some());
+        assert!(SetupCode::parse("ABCDE-2345O").is_none());
+        assert!(SetupCode::parse("ABCDE23456").is_none());
+    }
+}
