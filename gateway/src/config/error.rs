@@ -153,13 +153,16 @@ fn position(text: &str, offset: usize) -> (usize, usize, &str) {
 fn key_at(text: &str, offset: usize) -> String {
     let before = &text[..offset];
     let current_line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[current_line_start..].lines().next().unwrap_or_default();
+    if line.trim_start().starts_with('[') {
+        return table_name(line);
+    }
     let table = before[..current_line_start]
         .lines()
         .rev()
         .map(str::trim)
         .find(|line| line.starts_with('['))
-        .map(|header| header.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
-    let line = text[current_line_start..].lines().next().unwrap_or_default();
+        .map(table_name);
     let key = line
         .split_once('=')
         .map(|(key, _)| key.trim())
@@ -170,6 +173,17 @@ fn key_at(text: &str, offset: usize) -> String {
         (None, Some(key)) => key.to_owned(),
         (None, None) => String::new(),
     }
+}
+
+fn table_name(header: &str) -> String {
+    header
+        .split('#')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_matches(|c| c == '[' || c == ']')
+        .trim()
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -190,6 +204,8 @@ mod tests {
         assert_eq!(key_at(text, text.find('x').unwrap()), "daemon.mode");
         assert_eq!(key_at("junk here", 0), "");
         assert_eq!(key_at("x = = 1", 4), "x");
+        let twice = "[daemon]\n[admin]\n[daemon] # again\n";
+        assert_eq!(key_at(twice, twice.rfind("daemon").unwrap()), "daemon");
     }
 
     #[test]

@@ -111,6 +111,20 @@ pub fn parse(text: &str, path: &Path, overrides: Overrides) -> Result<Config, Co
             path: path.to_owned(),
         });
     }
+    if let Some((offset, c)) = text
+        .char_indices()
+        .find(|&(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        let problem = error::Problem::new(
+            offset..offset + c.len_utf8(),
+            "",
+            format!(
+                "control character U+{:04X} is not allowed in a config file",
+                u32::from(c)
+            ),
+        );
+        return Err(ConfigError::located(path, text, problem));
+    }
     let raw = raw::from_str(text).map_err(|e| ConfigError::located(path, text, e))?;
     validate::validate(raw, overrides).map_err(|e| ConfigError::located(path, text, e))
 }
@@ -134,4 +148,127 @@ fn read_text(path: &Path) -> Result<String, ConfigError> {
         });
     }
     String::from_utf8(bytes).map_err(|e| ConfigError::not_utf8(path, e.as_bytes(), e.utf8_error()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn testdata(relative: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/config")
+            .join(relative)
+    }
+
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../rootfs/etc/camgate/camgate.toml")
+    }
+
+    #[test]
+    fn every_broken_fixture_gives_its_expected_error() {
+        let mut checked = 0;
+        for entry in std::fs::read_dir(testdata("bad")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|ext| ext != "toml") {
+                continue;
+            }
+            let expected = std::fs::read_to_string(path.with_extension("expected"))
+                .unwrap_or_else(|_| panic!("{} has no .expected file", path.display()));
+            let err = load(&path, Overrides::default())
+                .expect_err(&path.display().to_string())
+                .to_string();
+            let want = format!("{}:{}", path.display(), expected.trim_end());
+            assert!(
+                err.starts_with(&want),
+                "{}:\n got: {err}\nwant: {want}",
+                path.display()
+            );
+            checked += 1;
+        }
+        assert!(checked >= 12, "only {checked} fixtures");
+    }
+
+    #[test]
+    fn huge_file_is_refused_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.toml");
+        let line = "# padding padding padding padding padding padding padding padding\n";
+        let text = format!(
+            "[daemon]\n{}",
+            line.repeat(usize::try_from(MAX_SIZE).unwrap() / line.len() + 1)
+        );
+        std::fs::write(&path, text).unwrap();
+        let err = load(&path, Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("config is larger than 1048576 bytes"), "{err}");
+    }
+
+    #[test]
+    fn example_config_is_valid_and_shows_the_defaults() {
+        let example = std::fs::read_to_string(example_path()).unwrap();
+        let config = parse(&example, &example_path(), Overrides::default()).unwrap();
+        assert_eq!(config, Config::defaults(Overrides::default()));
+
+        // Uncommenting the mode-dependent keys as shown changes nothing.
+        let uncommented: String = example
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert_ne!(uncommented, example, "the example shows no mode-dependent keys");
+        assert_eq!(
+            parse(&uncommented, &example_path(), Overrides::default()).unwrap(),
+            config
+        );
+    }
+
+    #[test]
+    fn dev_defaults_differ_where_documented() {
+        let dev = Config::defaults(Overrides { dev: true });
+        assert_eq!(dev.daemon.mode, Mode::Dev);
+        assert_eq!(dev.daemon.state_dir, Path::new("var/lib"));
+        assert_eq!(dev.admin.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(dev.daemon.shutdown_grace, Duration::from_secs(10));
+        assert!(!dev.manages_system());
+        let forced = parse(
+            "[daemon]\nmode = \"appliance\"\n",
+            Path::new("x"),
+            Overrides { dev: true },
+        )
+        .unwrap();
+        assert_eq!(forced.daemon.mode, Mode::Dev);
+    }
+
+    #[test]
+    fn a_full_config_parses() {
+        let text = "[daemon]\nmode = \"dev\"\nstate_dir = \"/tmp/cg\"\nlog = \"warn,camgate=trace\"\n\
+                    shutdown_grace = \"1m\"\n[admin]\nlisten = [\"127.0.0.1:9000\", \"[::1]:9000\"]\n";
+        let config = parse(text, Path::new("x"), Overrides::default()).unwrap();
+        assert_eq!(config.daemon.state_dir, Path::new("/tmp/cg"));
+        assert_eq!(config.daemon.shutdown_grace, Duration::from_secs(60));
+        assert_eq!(config.admin.listen.len(), 2);
+    }
+
+    #[test]
+    fn missing_file_means_setup_only_at_the_default_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("camgate.toml");
+        let default = ConfigSource {
+            path: missing.clone(),
+            setup_if_missing: true,
+            overrides: Overrides::default(),
+        };
+        let loaded = default.load().unwrap();
+        assert!(loaded.setup);
+        assert_eq!(loaded.config, Config::defaults(Overrides::default()));
+
+        let explicit = ConfigSource::new(Some(missing), Overrides::default());
+        let err = explicit.load().unwrap_err().to_string();
+        assert!(err.contains("cannot read config"), "{err}");
+    }
 }

@@ -10,7 +10,7 @@ use super::error::Problem;
 use super::validate::Mode;
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a camgate config")]
 pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) daemon: RawDaemon,
@@ -20,7 +20,7 @@ pub(super) struct RawConfig {
 
 /// `[daemon]`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [daemon] table")]
 pub(super) struct RawDaemon {
     /// `"appliance"` (default) or `"dev"`.
     pub(super) mode: Option<Mode>,
@@ -34,7 +34,7 @@ pub(super) struct RawDaemon {
 
 /// `[admin]`
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an [admin] table")]
 pub(super) struct RawAdmin {
     /// Default `["0.0.0.0:8080"]`; `["127.0.0.1:8080"]` in dev mode.
     pub(super) listen: Option<Spanned<Vec<Spanned<String>>>>,
@@ -45,7 +45,12 @@ pub(super) struct RawAdmin {
 pub(super) fn from_str(text: &str) -> Result<RawConfig, Problem> {
     let deserializer = toml::Deserializer::parse(text).map_err(|e| Problem::from_toml(&e, String::new()))?;
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let key = e.path().to_string();
+        // `Spanned` wraps each value in a private one-field struct; its field
+        // name is noise to a reader.
+        let key = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
         Problem::from_toml(e.inner(), if key == "." { String::new() } else { key })
     })
 }
