@@ -3,22 +3,17 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum ReloadResult {
-    Ok,
-    Error,
-}
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
-    result: ReloadResult,
+    /// "ok" or "error"
+    result: &'static str,
 }
 
 #[derive(Debug)]
@@ -76,7 +71,8 @@ impl Metrics {
         self.setup_mode.set(i64::from(setup));
     }
 
-    pub fn reload(&self, result: ReloadResult) {
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
         self.config_reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 

@@ -20,7 +20,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::metrics::ReloadResult;
 use crate::admin::{self, AdminServer, AppState, Metrics};
 use crate::config::{Config, ConfigError, ConfigSource, Loaded, Mode};
 use crate::setup;
@@ -226,7 +225,7 @@ impl Daemon {
         let generation = self.status.borrow().generation;
         let report = match &result {
             Ok(generation) => {
-                self.metrics.reload(ReloadResult::Ok);
+                self.metrics.reload(true);
                 tracing::info!(generation, "configuration reloaded");
                 ReloadReport {
                     ok: true,
@@ -235,7 +234,7 @@ impl Daemon {
                 }
             }
             Err(e) => {
-                self.metrics.reload(ReloadResult::Error);
+                self.metrics.reload(false);
                 tracing::error!(
                     generation,
                     "reload failed; still running the previous configuration:\n{e}"
@@ -349,8 +348,9 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let mut daemon = Daemon::start(startup, listeners, shutdown.clone())?;
+    // Before READY=1: SIGHUP's default action is to terminate.
     let mut hangups = signal(SignalKind::hangup())?;
+    let mut daemon = Daemon::start(startup, listeners, shutdown.clone())?;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,

@@ -1,0 +1,216 @@
+//! The real `camgate` binary under test: a temp dir with its config, a
+//! `NOTIFY_SOCKET` the test owns (so readiness is what systemd would see),
+//! and a [`Peer`] guard.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use crate::netns::Netns;
+use crate::process::Peer;
+
+/// How long camgate may take to report READY (debug build, busy machine).
+pub const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The `camgate` binary: `$CAMGATE_BIN`, else next to this test executable
+/// (`target/<profile>/camgate`, which `cargo test --workspace` builds).
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("CAMGATE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable in target/<profile>/deps");
+    let path = profile_dir.join("camgate");
+    assert!(
+        path.is_file(),
+        "{} not found: build it first (`cargo build --workspace`) or set CAMGATE_BIN",
+        path.display()
+    );
+    path
+}
+
+/// A `NOTIFY_SOCKET` endpoint: every datagram camgate sends, in order.
+#[derive(Debug)]
+pub struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+    received: Vec<String>,
+}
+
+impl NotifySocket {
+    pub fn bind(path: PathBuf) -> Self {
+        let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+        Self {
+            socket,
+            path,
+            received: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// All messages so far.
+    pub fn received(&self) -> &[String] {
+        &self.received
+    }
+
+    /// Waits for the next message (after those already returned) that has
+    /// the line `line`, e.g. `READY=1`, and returns it whole.
+    pub fn wait_for(&mut self, line: &str, deadline: Duration) -> String {
+        self.try_wait_for(line, deadline).unwrap_or_else(|| {
+            panic!(
+                "no {line} from camgate within {deadline:?}; got {:?}",
+                self.received
+            )
+        })
+    }
+
+    /// Like [`Self::wait_for`], but `None` when `deadline` passes.
+    pub fn try_wait_for(&mut self, line: &str, deadline: Duration) -> Option<String> {
+        let start = Instant::now();
+        let mut buf = vec![0; 4096];
+        loop {
+            let left = deadline.checked_sub(start.elapsed())?;
+            self.socket
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("set timeout");
+            let n = match self.socket.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => panic!("notify socket: {e}"),
+            };
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.received.push(message.clone());
+            if message.lines().any(|l| l == line) {
+                return Some(message);
+            }
+        }
+    }
+}
+
+/// A running camgate.
+#[derive(Debug)]
+pub struct Camgate {
+    pub peer: Peer,
+    pub notify: NotifySocket,
+    pub config_path: PathBuf,
+    // Dropped last: holds the config, the logs and the state dir.
+    pub dir: TempDir,
+}
+
+/// How to start camgate.
+#[derive(Debug, Default)]
+pub struct Launch<'a> {
+    /// Run inside this namespace (else in the test's own).
+    pub netns: Option<&'a Netns>,
+    /// Written to `<dir>/camgate.toml` and passed with `--config`; `None`
+    /// runs `camgate run --dev` without a config (setup mode).
+    pub config: Option<String>,
+    pub env: Vec<(&'a str, String)>,
+}
+
+impl Camgate {
+    /// Starts camgate and waits for READY=1; panics with its log if it
+    /// exits first or takes too long.
+    pub fn start(launch: Launch<'_>) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("camgate-test-")
+            .tempdir()
+            .expect("tempdir");
+        let config_path = dir.path().join("camgate.toml");
+        let notify = NotifySocket::bind(dir.path().join("notify.sock"));
+        let binary = binary();
+        let mut command = match launch.netns {
+            Some(netns) => netns.command(&binary),
+            None => Command::new(&binary),
+        };
+        match &launch.config {
+            Some(text) => {
+                std::fs::write(&config_path, text).expect("write config");
+                command.arg("run").arg("--config").arg(&config_path);
+            }
+            None => {
+                command.args(["run", "--dev"]);
+            }
+        }
+        command
+            .current_dir(dir.path())
+            .env("NOTIFY_SOCKET", notify.path())
+            .env_remove("RUST_LOG");
+        for (key, value) in &launch.env {
+            command.env(key, value);
+        }
+        let peer = Peer::spawn("camgate", command, dir.path());
+        let mut camgate = Self {
+            peer,
+            notify,
+            config_path,
+            dir,
+        };
+        camgate.wait_notify("READY=1");
+        camgate
+    }
+
+    /// Waits for a notify message with `line`; panics with camgate's log if
+    /// it exits first or takes longer than [`READY_DEADLINE`].
+    pub fn wait_notify(&mut self, line: &str) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.peer.try_exit() {
+                panic!(
+                    "camgate exited ({status}) while the test waited for {line}:\n{}",
+                    self.peer.stderr()
+                );
+            }
+            assert!(
+                start.elapsed() < READY_DEADLINE,
+                "no {line} from camgate within {READY_DEADLINE:?}:\n{}",
+                self.peer.stderr()
+            );
+            // Short waits so an early exit is noticed promptly.
+            if let Some(message) = self.notify.try_wait_for(line, Duration::from_millis(200)) {
+                return message;
+            }
+        }
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// SIGHUP, then waits for RELOADING=1 and the READY=1 that ends the
+    /// reload (sent whether it succeeded or not). Returns the READY message.
+    pub fn reload(&mut self) -> String {
+        self.peer.signal(Signal::SIGHUP);
+        self.wait_notify("RELOADING=1");
+        self.wait_notify("READY=1")
+    }
+
+    pub fn stderr(&self) -> String {
+        self.peer.stderr()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        self.peer.signal(signal);
+    }
+
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        self.peer.wait_exit(deadline)
+    }
+}
