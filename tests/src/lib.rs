@@ -10,3 +10,13 @@ pub mod camgate;
 pub mod http;
 pub mod netns;
 pub mod process;
+
+/// The config text the `config-saver` helper writes for save number `n`:
+/// valid, and different for every `n`.
+pub fn saver_config(n: u64) -> String {
+    let padding = "# padding so a torn write would be visible\n".repeat(usize::try_from(n % 64).unwrap_or(0));
+    format!(
+        "# save {n}\n[daemon]\nmode = \"dev\"\nlog = \"info\"\n{padding}[admin]\nlisten = [\"127.0.0.1:{}\"]\n",
+        1024 + n % 60000
+    )
+}

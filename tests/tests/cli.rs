@@ -1,0 +1,84 @@
+//! The command line as a user meets it: check-config on every broken
+//! fixture and on the shipped example, version, and `run` with a bad config.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use camgate_tests::camgate::binary;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn camgate(args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run camgate")
+}
+
+#[test]
+fn check_config_accepts_the_shipped_example() {
+    let example = repo().join("rootfs/etc/camgate/camgate.toml");
+    let output = camgate(&["check-config", example.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).ends_with(": OK (appliance mode)\n"));
+}
+
+#[test]
+fn check_config_rejects_each_broken_fixture_with_exit_65_and_its_error() {
+    let dir = repo().join("gateway/testdata/config/bad");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|ext| ext != "toml") {
+            continue;
+        }
+        let expected = std::fs::read_to_string(path.with_extension("expected")).unwrap();
+        let output = camgate(&["check-config", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(65), "{}: {stderr}", path.display());
+        let want = format!("camgate: {}:{}", path.display(), expected.trim_end());
+        assert!(
+            stderr.starts_with(&want),
+            "{}:\n got: {stderr}\nwant: {want}",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 12);
+}
+
+#[test]
+fn run_with_a_bad_config_exits_65_before_binding_anything() {
+    let path = repo().join("gateway/testdata/config/bad/bad-mode.toml");
+    let output = camgate(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(65));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown variant `turbo`"));
+}
+
+#[test]
+fn run_with_a_missing_explicit_config_is_an_error_not_setup_mode() {
+    let output = camgate(&["run", "--config", "/nonexistent/camgate.toml"]);
+    assert_eq!(output.status.code(), Some(65));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("/nonexistent/camgate.toml: cannot read config: No such file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let output = camgate(&["version"]);
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("camgate {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
