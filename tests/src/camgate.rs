@@ -129,6 +129,7 @@ impl Camgate {
     /// Starts camgate and waits for READY=1; panics with its log if it
     /// exits first or takes too long.
     pub fn start(launch: Launch<'_>) -> Self {
+        let Launch { netns, config, env } = launch;
         let dir = tempfile::Builder::new()
             .prefix("camgate-test-")
             .tempdir()
@@ -136,11 +137,11 @@ impl Camgate {
         let config_path = dir.path().join("camgate.toml");
         let notify = NotifySocket::bind(dir.path().join("notify.sock"));
         let binary = binary();
-        let mut command = match launch.netns {
+        let mut command = match netns {
             Some(netns) => netns.command(&binary),
             None => Command::new(&binary),
         };
-        match &launch.config {
+        match config {
             Some(text) => {
                 std::fs::write(&config_path, text).expect("write config");
                 command.arg("run").arg("--config").arg(&config_path);
@@ -153,7 +154,7 @@ impl Camgate {
             .current_dir(dir.path())
             .env("NOTIFY_SOCKET", notify.path())
             .env_remove("RUST_LOG");
-        for (key, value) in &launch.env {
+        for (key, value) in env {
             command.env(key, value);
         }
         let peer = Peer::spawn("camgate", command, dir.path());

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs camgate's whole test suite: unit tests, and integration tests with the
+# real binary in network namespaces and real peer programs. Needs root and
+# Debian 12 (or later); installs the Debian packages the tests use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "tests/run.sh: run as root: the integration tests create network namespaces" >&2
+  exit 1
+fi
+if ! command -v cargo >/dev/null; then
+  echo "tests/run.sh: needs Rust $(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml) (rustup)" >&2
+  exit 1
+fi
+
+# Peer programs and tools the tests run. Missing ones fail the tests, never skip them.
+packages=(iproute2 procps systemd)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "tests/run.sh: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The integration tests run target/debug/camgate: build it first so they
+# never test a stale binary.
+cargo build --workspace --bins --locked
+cargo test --workspace --locked "$@"
