@@ -4,7 +4,6 @@
 //! - [`process`]: peer programs in kill-on-drop guards; polling with deadlines.
 //! - [`camgate`]: the real camgate binary with a test-owned `NOTIFY_SOCKET`.
 //! - [`http`]: a small HTTP client that runs inside a namespace.
-#![allow(unreachable_pub)]
 
 pub mod camgate;
 pub mod http;

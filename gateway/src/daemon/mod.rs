@@ -200,7 +200,7 @@ impl Daemon {
                 tracing::info!("camgate admin interface: {url}");
             }
         }
-        notify::spawn_watchdog(CancellationToken::new());
+        notify::spawn_watchdog();
         notify::ready(&daemon.status_line());
         tracing::info!(
             generation = 1,

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use sd_notify::NotifyState;
-use tokio_util::sync::CancellationToken;
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -35,9 +34,9 @@ pub(crate) fn stopping(status: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(status)]);
 }
 
-/// Pings the watchdog at half its interval while the runtime schedules
-/// tasks, so a wedged runtime gets restarted. Stops with `stop`.
-pub(crate) fn spawn_watchdog(stop: CancellationToken) {
+/// Pings the watchdog at half its interval for as long as the runtime
+/// schedules tasks (also while draining), so a wedged runtime gets restarted.
+pub(crate) fn spawn_watchdog() {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -46,10 +45,8 @@ pub(crate) fn spawn_watchdog(stop: CancellationToken) {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(period);
         loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = ticks.tick() => send(&[NotifyState::Watchdog]),
-            }
+            ticks.tick().await;
+            send(&[NotifyState::Watchdog]);
         }
     });
 }
