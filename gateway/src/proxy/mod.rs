@@ -1,0 +1,7 @@
+//! The reverse proxy in front of the DVR. Pure decision logic (canonical
+//! paths, rules, profiles) is kept apart from I/O so it can be unit- and
+//! fuzz-tested and explained (`camgate explain`) by the very code that
+//! enforces it.
+
+pub mod path;
+pub mod rules;

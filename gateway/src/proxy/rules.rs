@@ -1,0 +1,468 @@
+//! Split rules: an ordered list per site (the site's own rules, then its
+//! profile's); the first rule whose matcher fits decides; no match denies.
+//!
+//! [`decide`] is pure: the proxy calls it per request and `camgate explain`
+//! calls it with a trace, so the explanation is the enforcement.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use globset::GlobMatcher;
+use http::Method;
+use ipnet::IpNet;
+use regex::Regex;
+
+use super::path::CanonicalPath;
+
+/// Where a rule came from, for explanations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleSource {
+    Site,
+    Profile(&'static str),
+}
+
+impl fmt::Display for RuleSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Site => f.write_str("site"),
+            Self::Profile(name) => write!(f, "profile {name}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub source: RuleSource,
+    pub matcher: Matcher,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    pub path: PathPattern,
+    /// Empty: any method.
+    pub methods: Vec<Method>,
+    /// `Some(true)`: websocket upgrades only; `Some(false)`: never them.
+    pub websocket: Option<bool>,
+    /// Query parameters that must all be present (names).
+    pub query_has: Vec<String>,
+}
+
+/// How a rule matches the canonical path. Patterns of case-insensitive
+/// sites are compiled lower-case and matched against the lower-cased path.
+#[derive(Debug, Clone)]
+pub enum PathPattern {
+    Exact(String),
+    /// A literal prefix: `/api/` matches `/api/` and below, not `/api`.
+    Prefix(String),
+    Glob {
+        pattern: String,
+        matcher: GlobMatcher,
+    },
+    Regex(Regex),
+}
+
+impl PathPattern {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Exact(exact) => path == exact,
+            Self::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            Self::Glob { matcher, .. } => matcher.is_match(path),
+            Self::Regex(regex) => regex.is_match(path),
+        }
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(exact) => write!(f, "path = {exact:?}"),
+            Self::Prefix(prefix) => write!(f, "prefix = {prefix:?}"),
+            Self::Glob { pattern, .. } => write!(f, "glob = {pattern:?}"),
+            Self::Regex(regex) => write!(f, "regex = {:?}", regex.as_str()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Pass to the upstream (the DVR does its own login).
+    Allow,
+    /// Refuse with 403, or 404 to hide that the path exists.
+    Deny { status: u16 },
+    /// Pass if any requirement holds (Apache's RequireAny).
+    Auth(Requirement),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requirement {
+    /// Client address in any of these sets.
+    pub from: Vec<NetSet>,
+    /// Named users; `*` = any user. Credentials arrive with the
+    /// authentication work; until then these never grant access.
+    pub users: Vec<String>,
+    /// Named tokens; `*` = any token whose scope covers the request.
+    pub tokens: Vec<String>,
+}
+
+/// A named set of networks, e.g. `lan`, or one CIDR written inline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSet {
+    pub name: String,
+    pub nets: Vec<IpNet>,
+}
+
+impl NetSet {
+    pub fn contains(&self, address: IpAddr) -> bool {
+        self.nets.iter().any(|net| net.contains(&address))
+    }
+}
+
+/// What the rules see of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    pub path: &'a CanonicalPath,
+    pub query: Option<&'a str>,
+    pub websocket: bool,
+    /// The client address from the socket (or a trusted proxy's header).
+    pub client: IpAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny {
+        status: u16,
+    },
+    /// An `auth` rule matched and the client is not in its `from` sets:
+    /// credentials are needed.
+    NeedsCredentials,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// Index of the deciding rule; `None`: no rule matched.
+    pub rule: Option<usize>,
+    pub reason: String,
+}
+
+/// One rule's evaluation, for `camgate explain`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub rule: usize,
+    pub matched: bool,
+    pub detail: String,
+}
+
+/// The rules of one site, compiled.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    pub case_insensitive: bool,
+}
+
+impl RuleSet {
+    /// Decides a request; records every rule considered into `trace` when given.
+    pub fn decide(&self, request: &RequestFacts<'_>, mut trace: Option<&mut Vec<Step>>) -> Decision {
+        let lowered;
+        let path = if self.case_insensitive {
+            lowered = request.path.as_str().to_lowercase();
+            lowered.as_str()
+        } else {
+            request.path.as_str()
+        };
+        let query_names = query_names(request.query, self.case_insensitive);
+        // A v4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
+        let client = request.client.to_canonical();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let mismatch = mismatch(&rule.matcher, path, &query_names, request, self.case_insensitive);
+            if let Some(trace) = trace.as_deref_mut() {
+                let detail = mismatch.clone().unwrap_or_else(|| "matched".to_owned());
+                trace.push(Step {
+                    rule: index,
+                    matched: mismatch.is_none(),
+                    detail,
+                });
+            }
+            if mismatch.is_none() {
+                return verdict(rule, index, client);
+            }
+        }
+        Decision {
+            verdict: Verdict::Deny { status: 403 },
+            rule: None,
+            reason: "no rule matched: denied by default".to_owned(),
+        }
+    }
+}
+
+/// `None` if the matcher fits, else why not.
+fn mismatch(
+    matcher: &Matcher,
+    path: &str,
+    query_names: &[String],
+    request: &RequestFacts<'_>,
+    case_insensitive: bool,
+) -> Option<String> {
+    if !matcher.path.matches(path) {
+        return Some(format!("{} does not match", matcher.path));
+    }
+    if !matcher.methods.is_empty() && !matcher.methods.contains(request.method) {
+        return Some(format!("method {} not in {:?}", request.method, matcher.methods));
+    }
+    match matcher.websocket {
+        Some(true) if !request.websocket => return Some("not a websocket upgrade".to_owned()),
+        Some(false) if request.websocket => return Some("is a websocket upgrade".to_owned()),
+        _ => {}
+    }
+    for wanted in &matcher.query_has {
+        let present = if case_insensitive {
+            query_names.iter().any(|name| name.eq_ignore_ascii_case(wanted))
+        } else {
+            query_names.iter().any(|name| name == wanted)
+        };
+        if !present {
+            return Some(format!("query parameter {wanted:?} absent"));
+        }
+    }
+    None
+}
+
+fn verdict(rule: &Rule, index: usize, client: IpAddr) -> Decision {
+    let decision = |verdict, reason: String| Decision {
+        verdict,
+        rule: Some(index),
+        reason,
+    };
+    match &rule.action {
+        Action::Allow => decision(Verdict::Allow, format!("rule {:?} allows", rule.name)),
+        Action::Deny { status } => decision(
+            Verdict::Deny { status: *status },
+            format!("rule {:?} denies", rule.name),
+        ),
+        Action::Auth(requirement) => match requirement.from.iter().find(|set| set.contains(client)) {
+            Some(set) => decision(
+                Verdict::Allow,
+                format!("rule {:?}: {client} is in {:?}", rule.name, set.name),
+            ),
+            None if requirement.users.is_empty() && requirement.tokens.is_empty() => decision(
+                Verdict::Deny { status: 403 },
+                format!(
+                    "rule {:?}: {client} is not in {}",
+                    rule.name,
+                    set_names(&requirement.from)
+                ),
+            ),
+            None => decision(
+                Verdict::NeedsCredentials,
+                format!(
+                    "rule {:?}: {client} is not in {}; needs a user or token (not supported yet: denied)",
+                    rule.name,
+                    set_names(&requirement.from)
+                ),
+            ),
+        },
+    }
+}
+
+fn set_names(sets: &[NetSet]) -> String {
+    if sets.is_empty() {
+        return "any allowed network (none listed)".to_owned();
+    }
+    sets.iter()
+        .map(|set| set.name.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+/// Decoded query parameter names (`+` is a space, as browsers encode it).
+fn query_names(query: Option<&str>, case_insensitive: bool) -> Vec<String> {
+    let Some(query) = query else { return Vec::new() };
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(name, _)| {
+            if case_insensitive {
+                name.to_lowercase()
+            } else {
+                name.into_owned()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::path::{PathPolicy, canonicalize};
+
+    fn lan() -> NetSet {
+        NetSet {
+            name: "lan".to_owned(),
+            nets: vec!["192.168.0.0/16".parse().unwrap()],
+        }
+    }
+
+    fn rule(name: &str, path: PathPattern, action: Action) -> Rule {
+        Rule {
+            name: name.to_owned(),
+            source: RuleSource::Site,
+            matcher: Matcher {
+                path,
+                methods: Vec::new(),
+                websocket: None,
+                query_has: Vec::new(),
+            },
+            action,
+        }
+    }
+
+    fn rules(case_insensitive: bool) -> RuleSet {
+        let api = Regex::new(r"(^|/)(video\.mjpg|grab\.jpg)$").unwrap();
+        let mut ws = rule("ws", PathPattern::Prefix("/ws".to_owned()), Action::Allow);
+        ws.matcher.websocket = Some(true);
+        let mut ptz = rule(
+            "ptz",
+            PathPattern::Exact("/ptz.cgi".to_owned()),
+            Action::Deny { status: 404 },
+        );
+        ptz.matcher.methods = vec![Method::POST];
+        ptz.matcher.query_has = vec!["oid".to_owned()];
+        RuleSet {
+            rules: vec![
+                rule(
+                    "api",
+                    PathPattern::Regex(api),
+                    Action::Auth(Requirement {
+                        from: vec![lan()],
+                        users: vec!["*".to_owned()],
+                        tokens: vec![],
+                    }),
+                ),
+                rule(
+                    "admin",
+                    PathPattern::Prefix("/admin/".to_owned()),
+                    Action::Auth(Requirement {
+                        from: vec![lan()],
+                        ..Requirement::default()
+                    }),
+                ),
+                ws,
+                ptz,
+                rule("gui", PathPattern::Prefix("/gui/".to_owned()), Action::Allow),
+            ],
+            case_insensitive,
+        }
+    }
+
+    fn decide(set: &RuleSet, method: Method, target: &str, client: &str, websocket: bool) -> Decision {
+        let (path, query) = target
+            .split_once('?')
+            .map_or((target, None), |(p, q)| (p, Some(q)));
+        let path = canonicalize(path, PathPolicy::default()).unwrap();
+        set.decide(
+            &RequestFacts {
+                method: &method,
+                path: &path,
+                query,
+                websocket,
+                client: client.parse().unwrap(),
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn first_match_decides_and_default_denies() {
+        let set = rules(false);
+        let d = decide(&set, Method::GET, "/video.mjpg?oids=1", "192.168.1.5", false);
+        assert_eq!((d.verdict, d.rule), (Verdict::Allow, Some(0)));
+        let d = decide(&set, Method::GET, "/cams/grab.jpg", "203.0.113.9", false);
+        assert_eq!((d.verdict, d.rule), (Verdict::NeedsCredentials, Some(0)));
+        let d = decide(&set, Method::GET, "/admin/x", "203.0.113.9", false);
+        assert_eq!((d.verdict, d.rule), (Verdict::Deny { status: 403 }, Some(1)));
+        let d = decide(&set, Method::GET, "/gui/index.html", "203.0.113.9", false);
+        assert_eq!((d.verdict, d.rule), (Verdict::Allow, Some(4)));
+        let d = decide(&set, Method::GET, "/elsewhere", "192.168.1.5", false);
+        assert_eq!((d.verdict, d.rule), (Verdict::Deny { status: 403 }, None));
+    }
+
+    #[test]
+    fn methods_websocket_and_query_narrow_a_rule() {
+        let set = rules(false);
+        assert_eq!(
+            decide(&set, Method::GET, "/ws/x", "203.0.113.9", false).rule,
+            None
+        );
+        assert_eq!(
+            decide(&set, Method::GET, "/ws/x", "203.0.113.9", true).verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            decide(&set, Method::POST, "/ptz.cgi?oid=1", "1.2.3.4", false).verdict,
+            Verdict::Deny { status: 404 }
+        );
+        assert_eq!(
+            decide(&set, Method::GET, "/ptz.cgi?oid=1", "1.2.3.4", false).rule,
+            None
+        );
+        assert_eq!(
+            decide(&set, Method::POST, "/ptz.cgi?x=1", "1.2.3.4", false).rule,
+            None
+        );
+        assert_eq!(
+            decide(&set, Method::POST, "/ptz.cgi?o%69d=1", "1.2.3.4", false).rule,
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn case_insensitive_sites_fold_path_and_query_names() {
+        let set = rules(true);
+        assert_eq!(
+            decide(&set, Method::GET, "/VIDEO.MJPG", "203.0.113.9", false).rule,
+            Some(0)
+        );
+        assert_eq!(
+            decide(&set, Method::POST, "/PTZ.cgi?OID=1", "1.2.3.4", false).rule,
+            Some(3)
+        );
+        let sensitive = rules(false);
+        assert_eq!(
+            decide(&sensitive, Method::GET, "/VIDEO.MJPG", "203.0.113.9", false).rule,
+            None
+        );
+    }
+
+    #[test]
+    fn mapped_ipv4_clients_match_ipv4_sets() {
+        let set = rules(false);
+        let d = decide(&set, Method::GET, "/admin/x", "::ffff:192.168.1.5", false);
+        assert_eq!(d.verdict, Verdict::Allow, "{}", d.reason);
+    }
+
+    #[test]
+    fn trace_lists_every_rule_considered() {
+        let set = rules(false);
+        let path = canonicalize("/gui/", PathPolicy::default()).unwrap();
+        let mut trace = Vec::new();
+        let facts = RequestFacts {
+            method: &Method::GET,
+            path: &path,
+            query: None,
+            websocket: false,
+            client: "10.0.0.1".parse().unwrap(),
+        };
+        let decision = set.decide(&facts, Some(&mut trace));
+        assert_eq!(decision.rule, Some(4));
+        assert_eq!(trace.len(), 5);
+        assert!(trace[..4].iter().all(|step| !step.matched));
+        assert!(trace[4].matched);
+        assert!(
+            trace[2].detail.contains("prefix = \"/ws\" does not match"),
+            "{:?}",
+            trace[2]
+        );
+    }
+}
