@@ -356,7 +356,7 @@ mod tests {
         }
     }
 
-    fn decide(set: &RuleSet, method: Method, target: &str, client: &str, websocket: bool) -> Decision {
+    fn decide(set: &RuleSet, method: &Method, target: &str, client: &str, websocket: bool) -> Decision {
         let (path, query) = target
             .split_once('?')
             .map_or((target, None), |(p, q)| (p, Some(q)));
@@ -376,15 +376,15 @@ mod tests {
     #[test]
     fn first_match_decides_and_default_denies() {
         let set = rules(false);
-        let d = decide(&set, Method::GET, "/video.mjpg?oids=1", "192.168.1.5", false);
+        let d = decide(&set, &Method::GET, "/video.mjpg?oids=1", "192.168.1.5", false);
         assert_eq!((d.verdict, d.rule), (Verdict::Allow, Some(0)));
-        let d = decide(&set, Method::GET, "/cams/grab.jpg", "203.0.113.9", false);
+        let d = decide(&set, &Method::GET, "/cams/grab.jpg", "203.0.113.9", false);
         assert_eq!((d.verdict, d.rule), (Verdict::NeedsCredentials, Some(0)));
-        let d = decide(&set, Method::GET, "/admin/x", "203.0.113.9", false);
+        let d = decide(&set, &Method::GET, "/admin/x", "203.0.113.9", false);
         assert_eq!((d.verdict, d.rule), (Verdict::Deny { status: 403 }, Some(1)));
-        let d = decide(&set, Method::GET, "/gui/index.html", "203.0.113.9", false);
+        let d = decide(&set, &Method::GET, "/gui/index.html", "203.0.113.9", false);
         assert_eq!((d.verdict, d.rule), (Verdict::Allow, Some(4)));
-        let d = decide(&set, Method::GET, "/elsewhere", "192.168.1.5", false);
+        let d = decide(&set, &Method::GET, "/elsewhere", "192.168.1.5", false);
         assert_eq!((d.verdict, d.rule), (Verdict::Deny { status: 403 }, None));
     }
 
@@ -392,27 +392,27 @@ mod tests {
     fn methods_websocket_and_query_narrow_a_rule() {
         let set = rules(false);
         assert_eq!(
-            decide(&set, Method::GET, "/ws/x", "203.0.113.9", false).rule,
+            decide(&set, &Method::GET, "/ws/x", "203.0.113.9", false).rule,
             None
         );
         assert_eq!(
-            decide(&set, Method::GET, "/ws/x", "203.0.113.9", true).verdict,
+            decide(&set, &Method::GET, "/ws/x", "203.0.113.9", true).verdict,
             Verdict::Allow
         );
         assert_eq!(
-            decide(&set, Method::POST, "/ptz.cgi?oid=1", "1.2.3.4", false).verdict,
+            decide(&set, &Method::POST, "/ptz.cgi?oid=1", "1.2.3.4", false).verdict,
             Verdict::Deny { status: 404 }
         );
         assert_eq!(
-            decide(&set, Method::GET, "/ptz.cgi?oid=1", "1.2.3.4", false).rule,
+            decide(&set, &Method::GET, "/ptz.cgi?oid=1", "1.2.3.4", false).rule,
             None
         );
         assert_eq!(
-            decide(&set, Method::POST, "/ptz.cgi?x=1", "1.2.3.4", false).rule,
+            decide(&set, &Method::POST, "/ptz.cgi?x=1", "1.2.3.4", false).rule,
             None
         );
         assert_eq!(
-            decide(&set, Method::POST, "/ptz.cgi?o%69d=1", "1.2.3.4", false).rule,
+            decide(&set, &Method::POST, "/ptz.cgi?o%69d=1", "1.2.3.4", false).rule,
             Some(3)
         );
     }
@@ -421,16 +421,16 @@ mod tests {
     fn case_insensitive_sites_fold_path_and_query_names() {
         let set = rules(true);
         assert_eq!(
-            decide(&set, Method::GET, "/VIDEO.MJPG", "203.0.113.9", false).rule,
+            decide(&set, &Method::GET, "/VIDEO.MJPG", "203.0.113.9", false).rule,
             Some(0)
         );
         assert_eq!(
-            decide(&set, Method::POST, "/PTZ.cgi?OID=1", "1.2.3.4", false).rule,
+            decide(&set, &Method::POST, "/PTZ.cgi?OID=1", "1.2.3.4", false).rule,
             Some(3)
         );
         let sensitive = rules(false);
         assert_eq!(
-            decide(&sensitive, Method::GET, "/VIDEO.MJPG", "203.0.113.9", false).rule,
+            decide(&sensitive, &Method::GET, "/VIDEO.MJPG", "203.0.113.9", false).rule,
             None
         );
     }
@@ -438,7 +438,7 @@ mod tests {
     #[test]
     fn mapped_ipv4_clients_match_ipv4_sets() {
         let set = rules(false);
-        let d = decide(&set, Method::GET, "/admin/x", "::ffff:192.168.1.5", false);
+        let d = decide(&set, &Method::GET, "/admin/x", "::ffff:192.168.1.5", false);
         assert_eq!(d.verdict, Verdict::Allow, "{}", d.reason);
     }
 
