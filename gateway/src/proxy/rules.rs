@@ -363,7 +363,7 @@ mod tests {
         let path = canonicalize(path, PathPolicy::default()).unwrap();
         set.decide(
             &RequestFacts {
-                method: &method,
+                method,
                 path: &path,
                 query,
                 websocket,
