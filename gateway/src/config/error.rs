@@ -51,6 +51,15 @@ impl Problem {
         }
     }
 
+    /// A problem between sections, with no single place in the file.
+    pub(crate) fn unlocated(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            span: None,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
     pub(crate) fn from_toml(error: &toml::de::Error, key: String) -> Self {
         Self {
             span: error.span(),
@@ -64,7 +73,7 @@ impl Problem {
 #[derive(Debug)]
 pub struct Located {
     pub path: PathBuf,
-    /// 1-based.
+    /// 1-based; 0 when the problem has no single place (e.g. two sections clash).
     pub line: usize,
     /// 1-based, in characters.
     pub column: usize,
@@ -76,6 +85,9 @@ pub struct Located {
 
 impl fmt::Display for Located {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            return write!(f, "{}: `{}`: {}", self.path.display(), self.key, self.message);
+        }
         write!(f, "{}:{}:{}: ", self.path.display(), self.line, self.column)?;
         if !self.key.is_empty() {
             write!(f, "`{}`: ", self.key)?;
@@ -95,7 +107,17 @@ impl fmt::Display for Located {
 
 impl ConfigError {
     pub(crate) fn located(path: &Path, text: &str, problem: Problem) -> Self {
-        let span = problem.span.unwrap_or(0..0);
+        let Some(span) = problem.span else {
+            return Self::Invalid(Box::new(Located {
+                path: path.to_owned(),
+                line: 0,
+                column: 0,
+                key: problem.key,
+                message: problem.message,
+                source_line: String::new(),
+                caret_len: 0,
+            }));
+        };
         let start = floor_char_boundary(text, span.start.min(text.len()));
         let (line, column, line_text) = position(text, start);
         let key = if problem.key.is_empty() {

@@ -10,7 +10,8 @@
 //! code that writes the file is [`store::ConfigStore`].
 
 pub mod error;
-mod raw;
+pub mod proxy;
+pub(crate) mod raw;
 pub mod store;
 mod validate;
 
@@ -18,6 +19,7 @@ use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
 pub use error::ConfigError;
+pub use proxy::{Proxy, Site};
 pub use validate::{Admin, Config, Daemon, Mode};
 
 /// Where the appliance keeps its configuration.

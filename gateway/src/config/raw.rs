@@ -3,6 +3,8 @@
 //! several defaults depend on the mode. Values that need checks beyond their
 //! type keep their span so those checks can point at them.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -16,6 +18,10 @@ pub(super) struct RawConfig {
     pub(super) daemon: RawDaemon,
     #[serde(default)]
     pub(super) admin: RawAdmin,
+    #[serde(default)]
+    pub(super) proxy: RawProxy,
+    #[serde(default, rename = "site")]
+    pub(super) sites: Vec<RawSite>,
 }
 
 /// `[daemon]`
@@ -38,6 +44,79 @@ pub(super) struct RawDaemon {
 pub(super) struct RawAdmin {
     /// Default `["0.0.0.0:8080"]`; `["127.0.0.1:8080"]` in dev mode.
     pub(super) listen: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[proxy]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [proxy] table")]
+pub(super) struct RawProxy {
+    /// Default `["0.0.0.0:443"]`; `["127.0.0.1:8443"]` in dev mode.
+    pub(super) https_listen: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Default `["0.0.0.0:80"]`; `["127.0.0.1:8000"]` in dev mode.
+    pub(super) http_listen: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Default `"365d"`; `"0s"` turns HSTS off.
+    pub(super) hsts_max_age: Option<Spanned<String>>,
+    /// Peers whose `X-Forwarded-For` is believed. Default: none.
+    pub(super) trusted_proxies: Option<Vec<Spanned<String>>>,
+    /// Named address sets for rules' `from`, e.g. `office = ["203.0.113.0/24"]`.
+    pub(super) sets: Option<BTreeMap<String, Spanned<Vec<Spanned<String>>>>>,
+}
+
+/// `[[site]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[site]] table")]
+pub(super) struct RawSite {
+    pub(super) name: Spanned<String>,
+    pub(super) hosts: Spanned<Vec<Spanned<String>>>,
+    pub(super) upstream: Spanned<String>,
+    /// Default `"generic"`.
+    pub(super) profile: Option<Spanned<String>>,
+    pub(super) upstream_ca: Option<Spanned<String>>,
+    pub(super) upstream_sha256: Option<Spanned<String>>,
+    pub(super) certificate: Option<Spanned<String>>,
+    pub(super) key: Option<Spanned<String>>,
+    /// Default: the profile's.
+    pub(super) lenient_headers: Option<bool>,
+    #[serde(default)]
+    pub(super) allow_encoded_slash: bool,
+    #[serde(default)]
+    pub(super) allow_semicolon: bool,
+    /// Append the profile's rules after the site's own. Default true.
+    pub(super) profile_rules: Option<bool>,
+    #[serde(default, rename = "rule")]
+    pub(super) rules: Vec<RawRule>,
+}
+
+/// `[[site.rule]]`, and `[[rule]]` in a built-in profile.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a rule table")]
+pub(crate) struct RawRule {
+    pub(crate) name: Option<String>,
+    pub(crate) path: Option<Spanned<String>>,
+    pub(crate) prefix: Option<Spanned<String>>,
+    pub(crate) glob: Option<Spanned<String>>,
+    pub(crate) regex: Option<Spanned<String>>,
+    pub(crate) methods: Option<Vec<Spanned<String>>>,
+    pub(crate) websocket: Option<bool>,
+    pub(crate) query_has: Option<Vec<String>>,
+    pub(crate) action: Spanned<RawAction>,
+    /// For `deny`: 403 (default) or 404.
+    pub(crate) status: Option<Spanned<u16>>,
+    pub(crate) from: Option<Vec<Spanned<String>>>,
+    pub(crate) users: Option<Vec<Spanned<String>>>,
+    pub(crate) tokens: Option<Vec<Spanned<String>>>,
+    /// Send matching requests to this port of the site's upstream host.
+    pub(crate) upstream_port: Option<Spanned<u16>>,
+    /// Send matching requests to this URL instead of the site's upstream.
+    pub(crate) upstream: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawAction {
+    Allow,
+    Deny,
+    Auth,
 }
 
 /// Parses TOML into [`RawConfig`], keeping the dotted key path of whatever

@@ -12,6 +12,7 @@ use toml::Spanned;
 
 use super::Overrides;
 use super::error::Problem;
+use super::proxy::{self, Proxy, Site};
 use super::raw::{RawAdmin, RawConfig, RawDaemon};
 
 /// The longest graceful stop we accept; systemd's `TimeoutStopSec` in
@@ -43,6 +44,8 @@ impl Mode {
 pub struct Config {
     pub daemon: Daemon,
     pub admin: Admin,
+    pub proxy: Proxy,
+    pub sites: Vec<Site>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,10 +83,46 @@ pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, P
     } else {
         raw.daemon.mode.unwrap_or(Mode::Appliance)
     };
-    Ok(Config {
-        daemon: daemon(raw.daemon, mode)?,
-        admin: admin(raw.admin, mode)?,
-    })
+    let daemon = daemon(raw.daemon, mode)?;
+    let admin = admin(raw.admin, mode)?;
+    let proxy = proxy::proxy(raw.proxy, mode)?;
+    let sites = proxy::sites(raw.sites, &proxy)?;
+    let config = Config {
+        daemon,
+        admin,
+        proxy,
+        sites,
+    };
+    check_listener_clashes(&config)?;
+    Ok(config)
+}
+
+/// Two listeners on one port clash when their addresses overlap (equal, or
+/// one is the wildcard of the same family).
+fn check_listener_clashes(config: &Config) -> Result<(), Problem> {
+    let listeners = [
+        ("admin.listen", &config.admin.listen),
+        ("proxy.https_listen", &config.proxy.https_listen),
+        ("proxy.http_listen", &config.proxy.http_listen),
+    ];
+    for (i, (key_a, list_a)) in listeners.iter().enumerate() {
+        for (key_b, list_b) in &listeners[i + 1..] {
+            for a in list_a.iter() {
+                for b in list_b.iter() {
+                    let overlap = a.ip() == b.ip()
+                        || (a.is_ipv4() == b.is_ipv4()
+                            && (a.ip().is_unspecified() || b.ip().is_unspecified()));
+                    if a.port() == b.port() && overlap {
+                        return Err(Problem::unlocated(
+                            *key_b,
+                            format!("{b} clashes with {a} in `{key_a}`"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn daemon(raw: RawDaemon, mode: Mode) -> Result<Daemon, Problem> {
@@ -144,28 +183,43 @@ fn daemon(raw: RawDaemon, mode: Mode) -> Result<Daemon, Problem> {
 }
 
 fn admin(raw: RawAdmin, mode: Mode) -> Result<Admin, Problem> {
-    let Some(listen) = raw.listen else {
-        let default = match mode {
-            Mode::Appliance => "0.0.0.0:8080",
-            Mode::Dev => "127.0.0.1:8080",
-        };
-        return Ok(Admin {
-            listen: vec![default.parse().expect("valid default address")],
-        });
+    let default = match mode {
+        Mode::Appliance => "0.0.0.0:8080",
+        Mode::Dev => "127.0.0.1:8080",
+    };
+    let listen = socket_addresses(
+        raw.listen,
+        "admin.listen",
+        default,
+        "the admin interface, which is how camgate is set up",
+    )?;
+    Ok(Admin { listen })
+}
+
+/// A non-empty list of distinct `IP:PORT`s, or `[default]`. `what` says
+/// what listens there, for the empty-list error.
+pub(super) fn socket_addresses(
+    raw: Option<Spanned<Vec<Spanned<String>>>>,
+    key: &str,
+    default: &str,
+    what: &str,
+) -> Result<Vec<SocketAddr>, Problem> {
+    let Some(listen) = raw else {
+        return Ok(vec![default.parse().expect("valid default address")]);
     };
     let list_span = listen.span();
     let entries = listen.into_inner();
     if entries.is_empty() {
         return Err(Problem::new(
             list_span,
-            "admin.listen",
-            "needs at least one address; the admin interface is how camgate is set up",
+            key,
+            format!("needs at least one address for {what}"),
         ));
     }
     let mut seen = HashSet::new();
     let mut addresses = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
-        let key = format!("admin.listen[{i}]");
+        let key = format!("{key}[{i}]");
         let address = socket_address(entry, &key)?;
         if !seen.insert(address) {
             return Err(Problem::new(
@@ -176,7 +230,7 @@ fn admin(raw: RawAdmin, mode: Mode) -> Result<Admin, Problem> {
         }
         addresses.push(address);
     }
-    Ok(Admin { listen: addresses })
+    Ok(addresses)
 }
 
 fn socket_address(value: &Spanned<String>, key: &str) -> Result<SocketAddr, Problem> {
@@ -201,7 +255,7 @@ fn socket_address(value: &Spanned<String>, key: &str) -> Result<SocketAddr, Prob
     Ok(address)
 }
 
-fn duration(value: &Spanned<String>, key: &str, max: Duration) -> Result<Duration, Problem> {
+pub(super) fn duration(value: &Spanned<String>, key: &str, max: Duration) -> Result<Duration, Problem> {
     let parsed = humantime::parse_duration(value.get_ref()).map_err(|e| {
         Problem::new(
             value.span(),

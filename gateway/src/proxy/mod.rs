@@ -4,4 +4,5 @@
 //! enforces it.
 
 pub mod path;
+pub mod profiles;
 pub mod rules;

@@ -155,7 +155,8 @@ fn decode(raw: &[u8], policy: PathPolicy) -> Result<Vec<u8>, PathError> {
             i += 3;
         } else {
             match byte {
-                b'\\' | b'#' | b' ' => return Err(PathError::ForbiddenCharacter(char::from(byte))),
+                // `?` only reaches here if the caller did not split off the query.
+                b'\\' | b'#' | b'?' | b' ' => return Err(PathError::ForbiddenCharacter(char::from(byte))),
                 b';' if !policy.allow_semicolon => return Err(PathError::Semicolon),
                 _ => decoded.push(byte),
             }
@@ -294,6 +295,7 @@ mod tests {
             ("/a%3fb", ForbiddenEncoded('?')),
             ("/a%23b", ForbiddenEncoded('#')),
             ("/a#b", ForbiddenCharacter('#')),
+            ("/?", ForbiddenCharacter('?')),
             ("/a b", ForbiddenCharacter(' ')),
             ("/a;jsessionid=1", Semicolon),
             ("/a%3bb", Semicolon),

@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use globset::GlobMatcher;
-use http::Method;
+use http::{Method, Uri};
 use ipnet::IpNet;
 use regex::Regex;
 
@@ -36,6 +36,16 @@ pub struct Rule {
     pub source: RuleSource,
     pub matcher: Matcher,
     pub action: Action,
+    /// Where matching requests go instead of the site's upstream.
+    pub upstream: Option<RuleUpstream>,
+}
+
+/// Another port or URL of the same DVR (motion 4.x serves streams on a
+/// second port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleUpstream {
+    Port(u16),
+    Url(Uri),
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +325,7 @@ mod tests {
                 query_has: Vec::new(),
             },
             action,
+            upstream: None,
         }
     }
 
