@@ -2,6 +2,7 @@
 //! edge where errors become messages on stderr and sysexits(3) codes.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -79,7 +80,16 @@ fn run(source: ConfigSource) -> ExitCode {
     let loaded = match source.load() {
         Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("camgate: {e}");
+            // Under systemd every line needs the priority prefix, or the
+            // snippet lines are logged as info.
+            let prefix = if std::io::stderr().is_terminal() {
+                ""
+            } else {
+                "<3>"
+            };
+            for line in format!("camgate: {e}").lines() {
+                eprintln!("{prefix}{line}");
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };

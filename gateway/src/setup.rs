@@ -87,6 +87,9 @@ pub fn ensure_code(state_dir: &Path) -> Result<SetupCode, SetupCodeError> {
         }
     }
     let code = SetupCode::generate()?;
+    // Written whole under a temporary name, then renamed: never a partial
+    // code, never through a symlink planted at the final name, always 0600.
+    let temp = state_dir.join(".setup-code.tmp");
     let io = |step| {
         move |source| SetupCodeError::Io {
             step,
@@ -94,17 +97,29 @@ pub fn ensure_code(state_dir: &Path) -> Result<SetupCode, SetupCodeError> {
             source,
         }
     };
+    let _ = fs::remove_file(&temp);
     let mut file = OpenOptions::new()
-        .create(true)
+        .create_new(true)
         .write(true)
-        .truncate(true)
         .mode(0o600)
-        .open(&path)
+        .open(&temp)
         .map_err(io("create"))?;
     writeln!(file, "{}", code.as_str())
         .and_then(|()| file.sync_all())
         .map_err(io("write"))?;
+    fs::rename(&temp, &path).map_err(io("store"))?;
     Ok(code)
+}
+
+/// Forgets the code once setup is over, so a later return to setup mode
+/// (factory reset) gets a fresh one.
+pub fn remove_code(state_dir: &Path) {
+    let path = code_path(state_dir);
+    if let Err(e) = fs::remove_file(&path)
+        && e.kind() != ErrorKind::NotFound
+    {
+        tracing::warn!(path = %path.display(), err = %e, "cannot remove the setup code");
+    }
 }
 
 #[cfg(test)]
@@ -119,7 +134,13 @@ mod tests {
         assert_eq!(ensure_code(dir.path()).unwrap(), first);
         fs::write(code_path(dir.path()), "garbage").unwrap();
         let replaced = ensure_code(dir.path()).unwrap();
-        assert_ne!(replaced.as_str(), "garbage");
+        assert!(SetupCode::parse(replaced.as_str()).is_some());
+        assert_eq!(
+            fs::read_to_string(code_path(dir.path())).unwrap().trim(),
+            replaced.as_str()
+        );
+        remove_code(dir.path());
+        assert!(!code_path(dir.path()).exists());
     }
 
     #[test]

@@ -13,6 +13,48 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// Checks log filter directives against the subset camgate accepts:
+/// comma-separated `LEVEL` or `TARGET=LEVEL`, and returns them normalized
+/// (no spaces, which tracing-subscriber rejects). Its own parser panics on
+/// some inputs (e.g. a leading space before non-ASCII), and a panic aborts
+/// the daemon, so nothing reaches it unchecked.
+pub fn check_filter(directives: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |s: &str| {
+        LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s)) || matches!(s, "0" | "1" | "2" | "3" | "4" | "5")
+    };
+    let is_target = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-' | b'.'))
+    };
+    if directives.trim().is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    let parts: Vec<&str> = directives
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect();
+    for part in &parts {
+        let valid = match part.split_once('=') {
+            Some((target, level)) => is_target(target) && is_level(level),
+            None => is_level(part),
+        };
+        if !valid {
+            return Err(format!(
+                "{part:?} is not LEVEL or TARGET=LEVEL (levels: {}; span and field filters only via RUST_LOG)",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    let normalized = parts.join(",");
+    EnvFilter::builder()
+        .parse(&normalized)
+        .map_err(|e| e.to_string())?;
+    Ok(normalized)
+}
+
 /// Changes the log filter at run time (on reload).
 #[derive(Debug, Clone)]
 pub struct LogControl {
@@ -29,10 +71,11 @@ impl LogControl {
     /// The directives were validated with the config.
     pub fn apply(&self, directives: &str) {
         let Some(handle) = &self.handle else { return };
-        if std::env::var_os(EnvFilter::DEFAULT_ENV).is_some() {
+        if std::env::var(EnvFilter::DEFAULT_ENV).is_ok_and(|env| check_filter(&env).is_ok()) {
             return;
         }
-        match EnvFilter::builder().parse(directives) {
+        match check_filter(directives).and_then(|d| EnvFilter::builder().parse(d).map_err(|e| e.to_string()))
+        {
             Ok(filter) => {
                 if let Err(e) = handle.reload(filter) {
                     tracing::warn!(err = %e, "cannot change the log filter");
@@ -46,9 +89,14 @@ impl LogControl {
 /// Installs the global subscriber with `default_directives` (overridden by
 /// `RUST_LOG`). Call once, before anything logs.
 pub fn init(default_directives: &str) -> LogControl {
+    // RUST_LOG goes through the same check as the config: a typo there
+    // must not crash camgate.
+    let from_env = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .filter(|env| check_filter(env).is_ok());
     let filter = EnvFilter::builder()
         .with_default_directive(Level::INFO.into())
-        .parse(std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_else(|_| default_directives.to_owned()))
+        .parse(from_env.as_deref().unwrap_or(default_directives))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
@@ -93,5 +141,43 @@ where
         };
         write!(writer, "<{priority}>")?;
         self.0.format_event(ctx, writer, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_filter;
+
+    #[test]
+    fn filter_check_accepts_levels_and_targets_only() {
+        assert_eq!(
+            check_filter(" warn, camgate::admin=trace ,").as_deref(),
+            Ok("warn,camgate::admin=trace")
+        );
+        for good in ["info", "WARN", "info,camgate=debug", "3", "hyper=off,info"] {
+            assert!(check_filter(good).is_ok(), "{good}");
+        }
+        // " é=|" panics inside tracing-subscriber 0.3.23.
+        for bad in [
+            "",
+            " ",
+            " é=|",
+            "loud",
+            "camgate=loud",
+            "x[span]=debug",
+            "a{b=1}=info",
+            "=info",
+            "info=",
+            "é=info",
+        ] {
+            assert!(check_filter(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn filter_check_never_panics(directives in "\\PC{0,24}") {
+            let _ = check_filter(&directives);
+        }
     }
 }

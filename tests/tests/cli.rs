@@ -51,6 +51,17 @@ fn check_config_rejects_each_broken_fixture_with_exit_65_and_its_error() {
         );
         checked += 1;
     }
+    let expected_files = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "expected")
+        })
+        .count();
+    assert_eq!(checked, expected_files, "every .expected file has its fixture");
     assert!(checked >= 12);
 }
 

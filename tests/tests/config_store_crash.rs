@@ -54,9 +54,18 @@ fn sigkill_during_saves_never_leaves_a_broken_config() {
         if on_disk == saver_config(completed) {
             completed += 1; // the in-flight save landed before the kill
         }
-        let previous = std::fs::read_to_string(dir.path().join("camgate.toml.prev"));
-        if let Ok(previous) = previous {
-            config::parse(&previous, &path, Overrides::default()).expect("valid previous version");
+        // `.prev` holds the save before the current one (or, if the kill
+        // came between linking it and renaming the new file, the current one).
+        let current = (0..=completed)
+            .rev()
+            .find(|&n| on_disk == saver_config(n))
+            .expect("matched above");
+        if let Ok(previous) = std::fs::read_to_string(dir.path().join("camgate.toml.prev")) {
+            let expected = [current.checked_sub(1), Some(current)];
+            assert!(
+                expected.iter().flatten().any(|&n| previous == saver_config(n)),
+                "after kill {kills}, .prev is neither of {expected:?} (current is save {current}):\n{previous}"
+            );
         }
     }
     assert!(

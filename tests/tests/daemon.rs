@@ -93,6 +93,18 @@ fn ready_status_metrics_and_watchdog_across_a_veth() {
         "camgate_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     )));
+    // A DNS-rebinding page reaches the admin API under a foreign host name.
+    let rebound = lan.run(|| {
+        let mut stream = TcpStream::connect((GW, 8080)).unwrap();
+        stream
+            .write_all(b"GET /api/status HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    });
+    assert!(rebound.starts_with("HTTP/1.1 421"), "{rebound}");
+    assert!(!rebound.contains("generation"), "{rebound}");
     let missing = http::get(lan, &format!("http://{GW}:8080/nope")).unwrap();
     assert_eq!(missing.status, 404);
     assert!(
@@ -184,6 +196,18 @@ fn broken_reload_keeps_the_old_config_running() {
         "unchanged listener kept serving"
     );
 
+    // Moving a listener to an overlapping address on the same port needs a
+    // restart; the running listeners stay as they are.
+    camgate.write_config(&config(&["0.0.0.0:8080", "10.77.0.1:8090"], ""));
+    camgate.reload();
+    let status = get_status(lan, 8080);
+    assert_eq!(status["generation"], 2);
+    let error = status["last_reload"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("from 10.77.0.1:8080 to 0.0.0.0:8080 needs a restart"),
+        "{error}"
+    );
+
     // A change that needs a restart is refused, not half-applied.
     camgate.write_config(
         &good
@@ -202,20 +226,37 @@ fn broken_reload_keeps_the_old_config_running() {
     );
     let metrics = get_ok(lan, &format!("http://{GW}:8080/metrics")).body;
     assert!(
-        metrics.contains("camgate_config_reloads_total{result=\"error\"} 3"),
+        metrics.contains("camgate_config_reloads_total{result=\"error\"} 4"),
         "{metrics}"
     );
 }
 
-/// Opens a connection from `lan`, sends half a request head and gives
-/// camgate a moment to read it, so the request is in flight.
-fn half_request(lan: &Netns) -> TcpStream {
-    let mut stream = lan.run(|| TcpStream::connect((GW, 8080)).unwrap());
+/// Opens a connection from `lan` and sends half a request head, then waits
+/// until camgate (in `gw`) has read it: the request is in flight.
+fn half_request(net: &Topology) -> TcpStream {
+    let mut stream = net.ns("lan").run(|| TcpStream::connect((GW, 8080)).unwrap());
     stream
-        .write_all(b"GET /api/status HTTP/1.1\r\nHost: camgate\r\n")
+        .write_all(b"GET /api/status HTTP/1.1\r\nHost: 10.77.0.1:8080\r\n")
         .unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    let client = stream.local_addr().unwrap().to_string();
+    wait_until(
+        "camgate to read the partial request",
+        Duration::from_secs(10),
+        || {
+            let output = net
+                .ns("gw")
+                .command("ss")
+                .args(["-Htn", "state", "established", "( sport = :8080 )"])
+                .output()
+                .expect("ss (iproute2)");
+            // Columns: Recv-Q Send-Q Local Peer. Nothing left unread on our connection.
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .any(|line| line.split_whitespace().nth(3) == Some(client.as_str()) && line.starts_with('0'))
+                .then_some(())
+        },
+    );
     stream
 }
 
@@ -224,7 +265,7 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     let net = lan_and_gateway("drain");
     let lan = net.ns("lan");
     let mut camgate = start(&net, config(&["10.77.0.1:8080"], "shutdown_grace = \"20s\""));
-    let mut stream = half_request(lan);
+    let mut stream = half_request(&net);
 
     camgate.signal(Signal::SIGTERM);
     let stopping = camgate.notify.wait_for("STOPPING=1", Duration::from_secs(5));
@@ -256,20 +297,21 @@ fn sigterm_drains_in_flight_requests_then_exits() {
 fn grace_period_bounds_the_drain() {
     let net = lan_and_gateway("grace");
     let mut camgate = start(&net, config(&["10.77.0.1:8080"], "shutdown_grace = \"1s\""));
-    let _stuck = half_request(net.ns("lan"));
+    let _stuck = half_request(&net);
     let signalled = Instant::now();
     camgate.signal(Signal::SIGTERM);
     let exit = camgate.wait_exit(Duration::from_secs(10));
     assert!(exit.success(), "{exit}");
+    let took = signalled.elapsed();
     assert!(
-        signalled.elapsed() >= Duration::from_millis(900),
-        "did not wait for the in-flight request"
+        took >= Duration::from_millis(900),
+        "did not wait for the in-flight request ({took:?})"
     );
     assert!(
-        camgate
-            .stderr()
-            .contains("grace period of 1s expired with 1 task(s) still draining")
+        took < Duration::from_secs(5),
+        "the 1s grace period was not enforced ({took:?})"
     );
+    assert!(camgate.stderr().contains("grace period of 1s expired with"));
 }
 
 #[test]
@@ -277,7 +319,7 @@ fn second_signal_stops_at_once() {
     use std::os::unix::process::ExitStatusExt;
     let net = lan_and_gateway("twice");
     let mut camgate = start(&net, config(&["10.77.0.1:8080"], "shutdown_grace = \"60s\""));
-    let _stuck = half_request(net.ns("lan"));
+    let _stuck = half_request(&net);
     camgate.signal(Signal::SIGTERM);
     camgate.notify.wait_for("STOPPING=1", Duration::from_secs(5));
     camgate.signal(Signal::SIGINT);
@@ -298,8 +340,19 @@ fn setup_mode_without_a_config_prints_the_url_and_code() {
         config: None,
         env: Vec::new(),
     });
-    let code = std::fs::read_to_string(camgate.dir.path().join("var/lib/setup-code")).unwrap();
+    let code_path = camgate.dir.path().join("var/lib/setup-code");
+    let code = std::fs::read_to_string(&code_path).unwrap();
     let code = code.trim();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&code_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let state_dir = camgate.dir.path().join("var/lib");
+    assert_eq!(
+        std::fs::metadata(&state_dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     let log = camgate.stderr();
     assert!(
         log.contains(&format!(
@@ -320,6 +373,10 @@ fn setup_mode_without_a_config_prints_the_url_and_code() {
     );
     let page = get_ok(&netns, "http://127.0.0.1:8080/").body;
     assert!(page.contains("not set up yet"), "{page}");
+    for path in ["/", "/metrics", "/healthz"] {
+        let body = get_ok(&netns, &format!("http://127.0.0.1:8080{path}")).body;
+        assert!(!body.contains(code), "{path} serves the setup code");
+    }
 
     // A config appearing at the default path ends setup mode on reload.
     std::fs::write(
@@ -331,4 +388,5 @@ fn setup_mode_without_a_config_prints_the_url_and_code() {
     let status = get_ok(&netns, "http://127.0.0.1:8080/api/status").json();
     assert_eq!(status["setup"], false);
     assert_eq!(status["generation"], 2);
+    assert!(!code_path.exists(), "the setup code outlived setup mode");
 }

@@ -5,9 +5,9 @@
 pub mod metrics;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
@@ -16,27 +16,36 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::get;
 use tokio::sync::watch;
+use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::daemon::{DaemonStatus, SubsystemState, SubsystemStatus};
+use crate::net::{self, HttpLimits, Serving};
 use crate::shutdown::Drain;
 pub use metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {address} ([admin] listen): {source}")]
-pub struct BindError {
-    pub address: SocketAddr,
-    pub source: std::io::Error,
+pub enum AdminError {
+    #[error("cannot listen on {address} ([admin] listen): {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("moving the admin listener from {old} to {new} needs a restart: both use port {}", new.port())]
+    Overlap { old: SocketAddr, new: SocketAddr },
 }
 
 /// Binds an admin listener (blocking; before or outside the runtime).
-pub fn bind(address: SocketAddr) -> Result<TcpListener, BindError> {
-    let listener = TcpListener::bind(address).map_err(|source| BindError { address, source })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| BindError { address, source })?;
-    Ok(listener)
+pub fn bind(address: SocketAddr) -> Result<TcpListener, AdminError> {
+    net::bind_tcp(address).map_err(|source| AdminError::Bind { address, source })
 }
+
+/// The admin interface is for people on the LAN; these bound what one
+/// client can hold open.
+const LIMITS: HttpLimits = HttpLimits {
+    header_read_timeout: Duration::from_secs(10),
+    max_connections: 256,
+};
 
 /// What the handlers read.
 #[derive(Debug, Clone)]
@@ -44,6 +53,22 @@ pub struct AppState {
     pub status: watch::Receiver<DaemonStatus>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
+    /// Host names the admin interface answers to, besides IP literals.
+    pub host_names: Arc<Vec<String>>,
+}
+
+/// `localhost`, `camgate.local`, and this machine's host name (plain and
+/// `.local`): what a person types to reach the appliance.
+pub fn default_host_names() -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "camgate.local".to_owned()];
+    if let Ok(hostname) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let hostname = hostname.trim().to_ascii_lowercase();
+        if !hostname.is_empty() {
+            names.push(format!("{hostname}.local"));
+            names.push(hostname);
+        }
+    }
+    names
 }
 
 pub fn router(state: AppState) -> Router {
@@ -53,13 +78,23 @@ pub fn router(state: AppState) -> Router {
         .route("/api/status", get(status))
         .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
 }
 
-/// A span per request with the client address, and headers that keep the
-/// admin pages out of frames, caches and other origins' reach.
-async fn request_context(request: Request, next: Next) -> Response {
+/// A span per request; refuses host names that are not the appliance's
+/// (a DNS-rebinding page must not read the admin API through a LAN
+/// browser); adds headers that keep the pages out of frames, caches and
+/// other origins' reach.
+async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(host) = request.headers().get(header::HOST)
+        && !host
+            .to_str()
+            .is_ok_and(|host| host_allowed(host, &state.host_names))
+    {
+        let message = "camgate's admin interface answers only to its own names and addresses\n";
+        return (StatusCode::MISDIRECTED_REQUEST, message).into_response();
+    }
     let client = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -85,6 +120,25 @@ async fn request_context(request: Request, next: Next) -> Response {
         headers.insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+/// An IP literal (any port), or one of `names`.
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split_once(']')
+                .is_some_and(|(ip, _)| ip.parse::<IpAddr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.parse::<IpAddr>().is_ok() || names.iter().any(|allowed| allowed.eq_ignore_ascii_case(name))
 }
 
 #[derive(serde::Serialize)]
@@ -141,20 +195,15 @@ async fn index(State(state): State<AppState>) -> Html<String> {
 #[derive(Debug)]
 pub struct AdminServer {
     router: Router,
-    running: HashMap<SocketAddr, Running>,
+    running: HashMap<SocketAddr, Serving>,
 }
 
-#[derive(Debug)]
-struct Running {
-    local: SocketAddr,
-    part: Drain,
-}
-
-/// Listeners bound for a new config, not yet serving.
+/// Listeners bound for a new config, not yet serving. Everything that can
+/// fail happened while staging; committing cannot fail.
 #[derive(Debug)]
 pub struct Staged {
     wanted: Vec<SocketAddr>,
-    new: Vec<(SocketAddr, TcpListener)>,
+    new: Vec<(SocketAddr, tokio::net::TcpListener)>,
 }
 
 impl AdminServer {
@@ -168,43 +217,59 @@ impl AdminServer {
             running: HashMap::new(),
         };
         for (configured, listener) in listeners {
-            server.serve(configured, listener, drain)?;
+            server.serve(configured, tokio::net::TcpListener::from_std(listener)?, drain)?;
         }
         Ok(server)
     }
 
     /// Binds whatever addresses the new config adds; nothing changes yet.
-    pub fn prepare(&self, config: &crate::config::Admin) -> Result<Staged, BindError> {
-        let new = config
+    pub fn prepare(&self, config: &crate::config::Admin) -> Result<Staged, AdminError> {
+        let mut new = Vec::new();
+        for &address in config
             .listen
             .iter()
             .filter(|address| !self.running.contains_key(address))
-            .map(|&address| bind(address).map(|listener| (address, listener)))
-            .collect::<Result<_, _>>()?;
+        {
+            // A listener being replaced still holds the port: binding would
+            // fail, and stopping it first could leave no admin access at all.
+            if let Some(&old) = self.running.keys().find(|&&old| net::overlaps(old, address)) {
+                return Err(AdminError::Overlap { old, new: address });
+            }
+            let listener = bind(address)?;
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|source| AdminError::Bind { address, source })?;
+            new.push((address, listener));
+        }
         Ok(Staged {
             wanted: config.listen.clone(),
             new,
         })
     }
 
-    /// Serves the new listeners and drains the ones the config dropped.
-    pub fn commit(&mut self, staged: Staged, drain: &Drain) -> std::io::Result<()> {
-        self.running.retain(|address, running| {
-            let keep = staged.wanted.contains(address);
-            if !keep {
-                tracing::info!(address = %running.local, "admin listener removed; draining it");
-                running.part.stop();
-            }
-            keep
-        });
+    /// Serves the new listeners, then closes the ones the config dropped
+    /// (their open connections drain in the background).
+    pub async fn commit(&mut self, staged: Staged, drain: &Drain) {
         for (configured, listener) in staged.new {
-            self.serve(configured, listener, drain)?;
+            if let Err(e) = self.serve(configured, listener, drain) {
+                tracing::error!(address = %configured, err = %e, "admin listener lost while starting it");
+            }
         }
-        Ok(())
+        let removed: Vec<SocketAddr> = self
+            .running
+            .keys()
+            .filter(|address| !staged.wanted.contains(address))
+            .copied()
+            .collect();
+        for address in removed {
+            if let Some(serving) = self.running.remove(&address) {
+                tracing::info!(address = %serving.local_addr(), "admin listener removed; draining it");
+                serving.stop().await;
+            }
+        }
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        let mut addrs: Vec<_> = self.running.values().map(|running| running.local).collect();
+        let mut addrs: Vec<_> = self.running.values().map(Serving::local_addr).collect();
         addrs.sort_unstable();
         addrs
     }
@@ -218,29 +283,52 @@ impl AdminServer {
         }
     }
 
-    fn serve(&mut self, configured: SocketAddr, listener: TcpListener, drain: &Drain) -> std::io::Result<()> {
-        let local = listener.local_addr()?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        let part = drain.child();
-        let stop = part.token().clone();
-        let service = self
-            .router
-            .clone()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        part.spawn(
-            async move {
-                if let Err(e) = axum::serve(listener, service)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-                {
-                    tracing::error!(err = %e, "admin listener failed");
-                }
-                tracing::debug!("admin listener drained");
-            }
-            .instrument(tracing::info_span!("admin_listener", server.addr = %local)),
-        );
-        tracing::info!(address = %local, "admin listener ready");
-        self.running.insert(configured, Running { local, part });
+    fn serve(
+        &mut self,
+        configured: SocketAddr,
+        listener: tokio::net::TcpListener,
+        drain: &Drain,
+    ) -> std::io::Result<()> {
+        let router = self.router.clone();
+        let make_service = move |client: SocketAddr| {
+            let router = router.clone();
+            hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(client));
+                router.clone().oneshot(request)
+            })
+        };
+        let serving = net::serve_http(listener, make_service, LIMITS, drain)?;
+        tracing::info!(address = %serving.local_addr(), "admin listener ready");
+        self.running.insert(configured, serving);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn admin_answers_to_its_names_and_ip_literals_only() {
+        let names = vec!["localhost".to_owned(), "camgate.local".to_owned()];
+        for host in [
+            "192.168.1.2",
+            "192.168.1.2:8080",
+            "[::1]:8080",
+            "[fe80::1]",
+            "Camgate.local:8080",
+            "localhost",
+        ] {
+            assert!(host_allowed(host, &names), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "camgate.local.evil.example",
+            "[nope]:1",
+            "localhost:x",
+        ] {
+            assert!(!host_allowed(host, &names), "{host}");
+        }
     }
 }

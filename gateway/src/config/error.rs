@@ -106,6 +106,12 @@ impl fmt::Display for Located {
 }
 
 impl ConfigError {
+    /// The first line: file, line, column, key and message, without the
+    /// snippet. For logs (one entry) and the status API (no config text).
+    pub fn summary(&self) -> String {
+        self.to_string().lines().next().unwrap_or_default().to_owned()
+    }
+
     pub(crate) fn located(path: &Path, text: &str, problem: Problem) -> Self {
         let Some(span) = problem.span else {
             return Self::Invalid(Box::new(Located {
@@ -125,7 +131,7 @@ impl ConfigError {
         } else {
             problem.key
         };
-        let rest_of_line = line_text.chars().count() - (column - 1);
+        let rest_of_line = line_text.chars().count().saturating_sub(column - 1);
         let caret_len = text[start..floor_char_boundary(text, span.end.min(text.len()))]
             .chars()
             .count();
@@ -135,7 +141,17 @@ impl ConfigError {
             column,
             key,
             message: problem.message,
-            source_line: line_text.to_owned(),
+            // Never echo control characters (escape sequences) to a terminal or log.
+            source_line: line_text
+                .chars()
+                .map(|c| {
+                    if c.is_control() && c != '\t' {
+                        '\u{FFFD}'
+                    } else {
+                        c
+                    }
+                })
+                .collect(),
             caret_len: caret_len.min(rest_of_line),
         }))
     }
@@ -228,6 +244,24 @@ mod tests {
         assert_eq!(key_at("x = = 1", 4), "x");
         let twice = "[daemon]\n[admin]\n[daemon] # again\n";
         assert_eq!(key_at(twice, twice.rfind("daemon").unwrap()), "daemon");
+    }
+
+    proptest::proptest! {
+        /// Any span in any text (CR, multibyte, past the end) gives a message.
+        #[test]
+        fn located_never_panics(text in "[a\\r\\n=é\\x1b\\[]{0,16}", start in 0usize..20, len in 0usize..20) {
+            let problem = Problem::new(start..start + len, "", "bad");
+            let _ = ConfigError::located(Path::new("x"), &text, problem).to_string();
+        }
+    }
+
+    #[test]
+    fn snippet_escapes_control_characters() {
+        let text = "a = \"\x1b[31mred\"\n";
+        let err = ConfigError::located(Path::new("x"), text, Problem::new(4..5, "a", "bad"));
+        assert!(!err.to_string().contains('\x1b'), "{err}");
+        let cr = ConfigError::located(Path::new("x"), "a\r", Problem::new(1..2, "", "bad"));
+        assert_eq!(cr.summary(), "x:1:2: bad");
     }
 
     #[test]

@@ -105,6 +105,14 @@ pub fn load(path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
 
 /// Validates config text; `path` is only used to name the file in errors.
 pub fn parse(text: &str, path: &Path, overrides: Overrides) -> Result<Config, ConfigError> {
+    // Also checked here, not only when reading, so the store never writes a
+    // file that loading would refuse.
+    if text.len() as u64 > MAX_SIZE {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+            limit: MAX_SIZE,
+        });
+    }
     if text
         .lines()
         .all(|line| matches!(line.trim_start().chars().next(), None | Some('#')))
@@ -190,6 +198,18 @@ mod tests {
             );
             checked += 1;
         }
+        let expected_files = std::fs::read_dir(testdata("bad"))
+            .unwrap()
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|ext| ext == "expected")
+            })
+            .count();
+        assert_eq!(checked, expected_files, "every .expected file has its fixture");
         assert!(checked >= 12, "only {checked} fixtures");
     }
 

@@ -428,7 +428,7 @@ pub(crate) fn compile_rules(
 ) -> Result<Vec<Rule>, Problem> {
     raw.iter()
         .enumerate()
-        .map(|(i, rule)| compile_rule(rule, i, source.clone(), context, &|f| key(i, f)))
+        .map(|(i, rule)| compile_rule(rule, i, source, context, &|f| key(i, f)))
         .collect()
 }
 

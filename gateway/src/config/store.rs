@@ -1,8 +1,10 @@
 //! The config store: the one place that writes the config file.
 //!
 //! A save validates first (an invalid config is never written), then
-//! replaces the file atomically so that a crash or power cut at any instant
-//! leaves either the old or the new file, never a mix or nothing:
+//! replaces the file atomically so that a crash at any instant leaves
+//! either the old or the new file, never a mix or nothing (tested with
+//! SIGKILL; against power loss the fsyncs below are what the standard
+//! protocol relies on, which only a VM test could prove):
 //!
 //! 1. write `.camgate.toml.tmp` (0600) and fsync it;
 //! 2. hard-link the current file to `.camgate.toml.prev.tmp`, rename that
@@ -167,6 +169,16 @@ mod tests {
             "invalid config was written"
         );
         assert_eq!(fs::read_to_string(store.previous_path()).unwrap(), GOOD);
+    }
+
+    #[test]
+    fn oversized_config_is_never_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::new(dir.path().join("camgate.toml"), Overrides::default());
+        let huge = format!("{GOOD}{}", "# padding\n".repeat(120_000));
+        let err = store.save(&huge).unwrap_err().to_string();
+        assert!(err.contains("larger than"), "{err}");
+        assert!(!store.path().exists());
     }
 
     #[test]

@@ -97,29 +97,29 @@ pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, P
     Ok(config)
 }
 
-/// Two listeners on one port clash when their addresses overlap (equal, or
-/// one is the wildcard of the same family).
+/// No two listeners, in one list or across lists, may compete for a port
+/// (see [`crate::net::overlaps`]): one of them would fail to bind.
 fn check_listener_clashes(config: &Config) -> Result<(), Problem> {
-    let listeners = [
+    let listeners: Vec<(&str, SocketAddr)> = [
         ("admin.listen", &config.admin.listen),
         ("proxy.https_listen", &config.proxy.https_listen),
         ("proxy.http_listen", &config.proxy.http_listen),
-    ];
-    for (i, (key_a, list_a)) in listeners.iter().enumerate() {
-        for (key_b, list_b) in &listeners[i + 1..] {
-            for a in list_a.iter() {
-                for b in list_b.iter() {
-                    let overlap = a.ip() == b.ip()
-                        || (a.is_ipv4() == b.is_ipv4()
-                            && (a.ip().is_unspecified() || b.ip().is_unspecified()));
-                    if a.port() == b.port() && overlap {
-                        return Err(Problem::unlocated(
-                            *key_b,
-                            format!("{b} clashes with {a} in `{key_a}`"),
-                        ));
-                    }
-                }
-            }
+    ]
+    .into_iter()
+    .flat_map(|(key, list)| list.iter().map(move |&address| (key, address)))
+    .collect();
+    for (i, &(key_a, a)) in listeners.iter().enumerate() {
+        if let Some(&(key_b, b)) = listeners[i + 1..]
+            .iter()
+            .find(|(_, b)| crate::net::overlaps(a, *b))
+        {
+            return Err(Problem::unlocated(
+                key_b,
+                format!(
+                    "{b} clashes with {a} in `{key_a}`: both would use port {}",
+                    b.port()
+                ),
+            ));
         }
     }
     Ok(())
@@ -156,16 +156,13 @@ fn daemon(raw: RawDaemon, mode: Mode) -> Result<Daemon, Problem> {
         Some(log) => {
             let span = log.span();
             let directives = log.into_inner();
-            tracing_subscriber::EnvFilter::builder()
-                .parse(&directives)
-                .map_err(|e| {
-                    Problem::new(
-                        span,
-                        "daemon.log",
-                        format!("invalid log filter ({e}); expected e.g. \"info\" or \"info,camgate=debug\""),
-                    )
-                })?;
-            directives
+            crate::telemetry::check_filter(&directives).map_err(|e| {
+                Problem::new(
+                    span,
+                    "daemon.log",
+                    format!("invalid log filter: {e}; expected e.g. \"info\" or \"info,camgate=debug\""),
+                )
+            })?
         }
     };
 

@@ -34,7 +34,7 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub fn bind(config: &Config) -> Result<Self, admin::BindError> {
+    pub fn bind(config: &Config) -> Result<Self, admin::AdminError> {
         let admin = config
             .admin
             .listen
@@ -65,6 +65,16 @@ pub enum DaemonError {
     Io(#[from] std::io::Error),
 }
 
+impl ReloadError {
+    /// One line, without config text.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Config(e) => e.summary(),
+            other => other.to_string(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     #[error(transparent)]
@@ -74,7 +84,7 @@ pub enum ReloadError {
     #[error("the config file is gone; keeping the running configuration")]
     ConfigRemoved,
     #[error(transparent)]
-    Bind(#[from] admin::BindError),
+    Admin(#[from] admin::AdminError),
     #[error("cannot apply: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -175,6 +185,7 @@ impl Daemon {
             status: status_rx,
             metrics: Arc::clone(&metrics),
             started,
+            host_names: Arc::new(admin::default_host_names()),
         });
         let admin = AdminServer::start(
             configured.iter().copied().zip(listeners.admin).collect(),
@@ -235,14 +246,17 @@ impl Daemon {
             }
             Err(e) => {
                 self.metrics.reload(false);
+                // One line: journald keeps the priority, and the status API
+                // never shows config text (`check-config` shows the snippet).
+                let summary = e.summary();
                 tracing::error!(
                     generation,
-                    "reload failed; still running the previous configuration:\n{e}"
+                    "reload failed; still running the previous configuration: {summary}"
                 );
                 ReloadReport {
                     ok: false,
                     unix_time: unix_now(),
-                    error: Some(e.to_string()),
+                    error: Some(summary),
                 }
             }
         };
@@ -274,9 +288,12 @@ impl Daemon {
         let admin = self.admin.prepare(&new.admin)?;
 
         // Commit.
-        self.admin.commit(admin, &self.drain)?;
+        self.admin.commit(admin, &self.drain).await;
         self.log.apply(&new.daemon.log);
         self.config = new;
+        if self.setup && !loaded.setup {
+            setup::remove_code(&self.config.daemon.state_dir);
+        }
         self.setup = loaded.setup;
         let generation = self.status.borrow().generation + 1;
         self.publish_status(generation);
@@ -354,10 +371,15 @@ pub async fn run(
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            _ = hangups.recv() => {
+                        _ = hangups.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
-                // Failures are logged and reported by `reload`; keep running.
-                let _ = daemon.reload().await;
+                // Failures are logged and reported by `reload`. A reload stuck
+                // on a slow file system must not delay a stop: the staged
+                // state is dropped and the running state drains.
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = daemon.reload() => {}
+                }
             }
         }
     }
@@ -379,16 +401,19 @@ fn system_changes(config: &Config) -> SystemChanges {
     }
 }
 
+/// Creates the state directory, and makes it private whoever created it.
 fn create_state_dir(path: &Path) -> Result<(), DaemonError> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let error = |source| DaemonError::StateDir {
+        path: path.to_owned(),
+        source,
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|source| DaemonError::StateDir {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(error)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(error)
 }
 
 /// URLs a person can open; a wildcard address becomes the host's name.

@@ -15,7 +15,7 @@ use regex::Regex;
 use super::path::CanonicalPath;
 
 /// Where a rule came from, for explanations.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuleSource {
     Site,
     Profile(&'static str),
