@@ -14,6 +14,8 @@ use crate::config::{self, ConfigSource, Overrides};
 use crate::daemon::{self, DaemonError, Listeners, Startup};
 use crate::telemetry;
 
+/// EX_USAGE: the command line names something that does not exist.
+pub const EXIT_USAGE: u8 = 64;
 /// EX_DATAERR: the config is invalid.
 pub const EXIT_CONFIG: u8 = 65;
 /// EX_OSERR: a socket or runtime could not be set up.
@@ -52,8 +54,39 @@ enum Command {
         #[arg(long)]
         dev: bool,
     },
+    /// Show how a site's rules decide a request, with the same code the
+    /// proxy runs: canonical path, every rule considered, the decision.
+    Explain {
+        #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The `[[site]]` name.
+        #[arg(long)]
+        site: String,
+        /// Client address.
+        #[arg(long, value_name = "IP")]
+        from: std::net::IpAddr,
+        /// A websocket upgrade request.
+        #[arg(long)]
+        websocket: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// `METHOD TARGET`, e.g. 'GET /video.mjpg?oids=1'.
+        request: String,
+    },
+    /// List the built-in DVR profiles, or print one.
+    Profiles {
+        #[command(subcommand)]
+        show: Option<ProfilesCommand>,
+    },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum ProfilesCommand {
+    /// Print a profile's definition (TOML, as built in).
+    Show { name: String },
 }
 
 pub fn main() -> ExitCode {
@@ -67,6 +100,40 @@ pub fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("camgate: {e}");
                 ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Explain {
+            config: path,
+            site,
+            from,
+            websocket,
+            json,
+            request,
+        } => explain(&path, &site, from, websocket, json, &request),
+        Command::Profiles { show: None } => {
+            for profile in crate::proxy::profiles::all() {
+                let udp = if profile.udp.is_empty() {
+                    String::new()
+                } else {
+                    format!("; UDP {}", profile.udp.join(", "))
+                };
+                println!(
+                    "{:<11} port {:<5} {}{udp}",
+                    profile.name, profile.upstream_port, profile.description
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Profiles {
+            show: Some(ProfilesCommand::Show { name }),
+        } => match crate::proxy::profiles::get(&name) {
+            Some(profile) => {
+                print!("{}", profile.source);
+                ExitCode::SUCCESS
+            }
+            None => {
+                eprintln!("camgate: no profile {name:?}; `camgate profiles` lists them");
+                ExitCode::from(EXIT_USAGE)
             }
         },
         Command::Version => {
@@ -145,4 +212,78 @@ fn stop_on_signals(shutdown: CancellationToken) -> std::io::Result<()> {
         std::process::exit(code);
     });
     Ok(())
+}
+
+fn explain(
+    path: &std::path::Path,
+    site_name: &str,
+    from: std::net::IpAddr,
+    websocket: bool,
+    json: bool,
+    request: &str,
+) -> ExitCode {
+    let config = match config::load(path, Overrides::default()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("camgate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(site) = config.sites.iter().find(|site| site.name == site_name) else {
+        let names: Vec<&str> = config.sites.iter().map(|site| site.name.as_str()).collect();
+        eprintln!(
+            "camgate: no site {site_name:?} in {}; sites: {}",
+            path.display(),
+            names.join(", ")
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let Some((method, target)) = request.trim().split_once(' ') else {
+        eprintln!("camgate: expected 'METHOD TARGET', e.g. 'GET /video.mjpg?oids=1'");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let explanation = match crate::proxy::evaluate::explain(site, method, target.trim(), from, websocket) {
+        Ok(explanation) => explanation,
+        Err(e) => {
+            eprintln!("camgate: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&explanation).expect("explanations serialize")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let e = &explanation;
+    let kind = if e.websocket { " (websocket)" } else { "" };
+    println!(
+        "site {} (profile {}): {} {}{kind} from {}",
+        e.site, site.profile.name, e.method, e.target, e.from
+    );
+    match &e.canonical_path {
+        Some(path) => println!("canonical path: {path}"),
+        None => println!("canonical path: none"),
+    }
+    if !e.rules.is_empty() {
+        println!("rules:");
+    }
+    for rule in &e.rules {
+        let mark = if rule.matched { "MATCH" } else { "  -  " };
+        println!(
+            "  {mark} {:>2}. [{}] {}: {}",
+            rule.index + 1,
+            rule.source,
+            rule.name,
+            rule.detail
+        );
+    }
+    let outcome = match (e.status, &e.forwarded_target) {
+        (None, Some(target)) => format!("forwarded as {target}"),
+        (Some(status), _) => format!("answered {status} by camgate"),
+        (None, None) => String::new(),
+    };
+    println!("decision: {} ({outcome}): {}", e.decision, e.reason);
+    ExitCode::SUCCESS
 }

@@ -93,3 +93,90 @@ fn version_prints_the_package_version() {
         format!("camgate {}\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn explain_prints_the_decision_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("camgate.toml");
+    std::fs::write(
+        &config,
+        "[[site]]\nname = \"dvr\"\nhosts = [\"dvr.example.org\"]\nupstream = \"http://192.168.1.20\"\nprofile = \"agentdvr\"\n",
+    )
+    .unwrap();
+    let args = [
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--site",
+        "dvr",
+        "--from",
+        "203.0.113.7",
+        "--json",
+    ];
+    let output = camgate(&[&args[..], &["GET /a/..//Video.mjpg?oids=1"]].concat());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["decision"], "auth");
+    assert_eq!(json["rule"], "api");
+    assert_eq!(json["canonical_path"], "/Video.mjpg");
+    assert_eq!(json["status"], 403);
+    assert_eq!(json["rules"][0]["matched"], true);
+
+    let human = camgate(&[
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--site",
+        "dvr",
+        "--from",
+        "192.168.1.2",
+        "GET /grab.jpg",
+    ]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("decision: allow (forwarded as /grab.jpg)"),
+        "{text}"
+    );
+
+    let unknown = camgate(&[
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--site",
+        "nope",
+        "--from",
+        "1.2.3.4",
+        "GET /",
+    ]);
+    assert_eq!(unknown.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("sites: dvr"));
+}
+
+#[test]
+fn profiles_lists_and_shows_the_built_in_profiles() {
+    let list = String::from_utf8(camgate(&["profiles"]).stdout).unwrap();
+    for name in [
+        "agentdvr",
+        "blueiris",
+        "frigate",
+        "zoneminder",
+        "shinobi",
+        "motion",
+        "motioneye",
+        "go2rtc",
+        "moonfire",
+        "generic",
+    ] {
+        assert!(
+            list.lines().any(|line| line.starts_with(name)),
+            "{name} missing:\n{list}"
+        );
+    }
+    let agent = String::from_utf8(camgate(&["profiles", "show", "agentdvr"]).stdout).unwrap();
+    assert!(agent.contains("udp = [\"3478\", \"50000-50100\"]"), "{agent}");
+    assert_eq!(camgate(&["profiles", "show", "nope"]).status.code(), Some(64));
+}

@@ -250,6 +250,24 @@ mod tests {
     }
 
     #[test]
+    fn example_site_in_the_comments_is_valid() {
+        let example = std::fs::read_to_string(example_path()).unwrap();
+        let start = example
+            .find("# [[site]]")
+            .expect("the example documents [[site]]");
+        let site: String = example[start..]
+            .lines()
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let text = format!("[proxy.sets]\noffice = [\"203.0.113.0/24\"]\n{site}");
+        let config =
+            parse(&text, &example_path(), Overrides::default()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.sites[0].name, "dvr");
+        assert_eq!(config.sites[0].rules.rules[0].name, "hide-settings");
+    }
+
+    #[test]
     fn dev_defaults_differ_where_documented() {
         let dev = Config::defaults(Overrides { dev: true });
         assert_eq!(dev.daemon.mode, Mode::Dev);

@@ -313,6 +313,18 @@ impl Daemon {
 
     fn publish_status(&self, generation: u64) {
         let mut subsystems = vec![self.admin.status()];
+        if !self.config.sites.is_empty() {
+            // Say plainly what is not served rather than look like a proxy.
+            subsystems.push(SubsystemStatus {
+                name: "proxy",
+                state: SubsystemState::Disabled,
+                detail: format!(
+                    "{} site(s) configured and validated; this build does not serve them yet \
+                     (`camgate explain` shows their decisions)",
+                    self.config.sites.len()
+                ),
+            });
+        }
         if !self.config.manages_system() {
             for name in ["firewall", "interfaces"] {
                 subsystems.push(SubsystemStatus {

@@ -3,6 +3,7 @@
 //! fuzz-tested and explained (`camgate explain`) by the very code that
 //! enforces it.
 
+pub mod evaluate;
 pub mod path;
 pub mod profiles;
 pub mod rules;
