@@ -94,26 +94,31 @@ fn version_prints_the_package_version() {
     );
 }
 
+/// `camgate explain --config CONFIG --site SITE --from FROM ARGS…`
+fn explain(config: &Path, site: &str, from: &str, args: &[&str]) -> std::process::Output {
+    let config = config.to_str().unwrap();
+    camgate(
+        &[
+            &["explain", "--config", config, "--site", site, "--from", from][..],
+            args,
+        ]
+        .concat(),
+    )
+}
+
 #[test]
 fn explain_prints_the_decision_as_json() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("camgate.toml");
-    std::fs::write(
+    let site = "[[site]]\nname = \"dvr\"\nhosts = [\"dvr.example.org\"]\nupstream = \"http://192.168.1.20\"\nprofile = \"agentdvr\"\n";
+    std::fs::write(&config, site).unwrap();
+
+    let output = explain(
         &config,
-        "[[site]]\nname = \"dvr\"\nhosts = [\"dvr.example.org\"]\nupstream = \"http://192.168.1.20\"\nprofile = \"agentdvr\"\n",
-    )
-    .unwrap();
-    let args = [
-        "explain",
-        "--config",
-        config.to_str().unwrap(),
-        "--site",
         "dvr",
-        "--from",
         "203.0.113.7",
-        "--json",
-    ];
-    let output = camgate(&[&args[..], &["GET /a/..//Video.mjpg?oids=1"]].concat());
+        &["--json", "GET /a/..//Video.mjpg?oids=1"],
+    );
     assert!(
         output.status.success(),
         "{}",
@@ -126,32 +131,14 @@ fn explain_prints_the_decision_as_json() {
     assert_eq!(json["status"], 403);
     assert_eq!(json["rules"][0]["matched"], true);
 
-    let human = camgate(&[
-        "explain",
-        "--config",
-        config.to_str().unwrap(),
-        "--site",
-        "dvr",
-        "--from",
-        "192.168.1.2",
-        "GET /grab.jpg",
-    ]);
+    let human = explain(&config, "dvr", "192.168.1.2", &["GET /grab.jpg"]);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(
         text.contains("decision: allow (forwarded as /grab.jpg)"),
         "{text}"
     );
 
-    let unknown = camgate(&[
-        "explain",
-        "--config",
-        config.to_str().unwrap(),
-        "--site",
-        "nope",
-        "--from",
-        "1.2.3.4",
-        "GET /",
-    ]);
+    let unknown = explain(&config, "nope", "1.2.3.4", &["GET /"]);
     assert_eq!(unknown.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("sites: dvr"));
 }
