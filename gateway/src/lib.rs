@@ -16,6 +16,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+mod fsutil;
 pub mod net;
 pub mod proxy;
 pub mod setup;

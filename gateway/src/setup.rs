@@ -3,10 +3,11 @@
 //! under the state dir (0600) so it stays the same across restarts until
 //! the appliance is claimed.
 
-use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+
+use crate::fsutil::{remove_if_present, write_new_private};
 
 /// No 0/O, 1/I: the code is read off a screen and typed on a phone.
 const ALPHABET: &[u8; 32] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
@@ -97,16 +98,7 @@ pub fn ensure_code(state_dir: &Path) -> Result<SetupCode, SetupCodeError> {
             source,
         }
     };
-    let _ = fs::remove_file(&temp);
-    let mut file = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(io("create"))?;
-    writeln!(file, "{}", code.as_str())
-        .and_then(|()| file.sync_all())
-        .map_err(io("write"))?;
+    write_new_private(&temp, format!("{}\n", code.as_str()).as_bytes()).map_err(io("write"))?;
     fs::rename(&temp, &path).map_err(io("store"))?;
     Ok(code)
 }
@@ -115,9 +107,7 @@ pub fn ensure_code(state_dir: &Path) -> Result<SetupCode, SetupCodeError> {
 /// (factory reset) gets a fresh one.
 pub fn remove_code(state_dir: &Path) {
     let path = code_path(state_dir);
-    if let Err(e) = fs::remove_file(&path)
-        && e.kind() != ErrorKind::NotFound
-    {
+    if let Err(e) = remove_if_present(&path) {
         tracing::warn!(path = %path.display(), err = %e, "cannot remove the setup code");
     }
 }

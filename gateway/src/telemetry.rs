@@ -43,7 +43,7 @@ pub fn check_filter(directives: &str) -> Result<String, String> {
         };
         if !valid {
             return Err(format!(
-                "{part:?} is not LEVEL or TARGET=LEVEL (levels: {}; span and field filters only via RUST_LOG)",
+                "{part:?} is not LEVEL or TARGET=LEVEL (levels: {}; span and field filters are not supported)",
                 LEVELS.join(", ")
             ));
         }
@@ -67,38 +67,42 @@ impl LogControl {
         Self { handle: None }
     }
 
-    /// Applies config filter directives, unless `RUST_LOG` overrides them.
-    /// The directives were validated with the config.
+    /// Applies config filter directives (validated with the config),
+    /// unless a valid `RUST_LOG` overrides them.
     pub fn apply(&self, directives: &str) {
         let Some(handle) = &self.handle else { return };
-        if std::env::var(EnvFilter::DEFAULT_ENV).is_ok_and(|env| check_filter(&env).is_ok()) {
+        if env_filter().is_some() {
             return;
         }
-        match check_filter(directives).and_then(|d| EnvFilter::builder().parse(d).map_err(|e| e.to_string()))
-        {
-            Ok(filter) => {
-                if let Err(e) = handle.reload(filter) {
-                    tracing::warn!(err = %e, "cannot change the log filter");
-                }
-            }
-            Err(e) => tracing::warn!(err = %e, directives, "ignoring invalid log filter"),
+        if let Err(e) = handle.reload(build_filter(directives)) {
+            tracing::warn!(err = %e, "cannot change the log filter");
         }
     }
 }
 
-/// Installs the global subscriber with `default_directives` (overridden by
-/// `RUST_LOG`). Call once, before anything logs.
-pub fn init(default_directives: &str) -> LogControl {
-    // RUST_LOG goes through the same check as the config: a typo there
-    // must not crash camgate.
-    let from_env = std::env::var(EnvFilter::DEFAULT_ENV)
+/// `RUST_LOG`, if set and valid (it goes through the same check as the
+/// config: a typo there must not crash camgate).
+fn env_filter() -> Option<String> {
+    std::env::var(EnvFilter::DEFAULT_ENV)
         .ok()
-        .filter(|env| check_filter(env).is_ok());
-    let filter = EnvFilter::builder()
+        .and_then(|env| check_filter(&env).ok())
+}
+
+/// A filter from directives that passed [`check_filter`]; targets they do
+/// not name log at INFO.
+fn build_filter(directives: &str) -> EnvFilter {
+    EnvFilter::builder()
         .with_default_directive(Level::INFO.into())
-        .parse(from_env.as_deref().unwrap_or(default_directives))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = reload::Layer::new(filter);
+        .parse(directives)
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Installs the global subscriber with `default_directives` (overridden by
+/// a valid `RUST_LOG`). Call once, before anything logs.
+pub fn init(default_directives: &str) -> LogControl {
+    let (filter, handle) = reload::Layer::new(build_filter(
+        &env_filter().unwrap_or_else(|| default_directives.to_owned()),
+    ));
     let registry = tracing_subscriber::registry().with(filter);
     let stderr = std::io::stderr;
     if std::io::stderr().is_terminal() {
@@ -114,6 +118,11 @@ pub fn init(default_directives: &str) -> LogControl {
                     .event_format(SyslogPrefix(format)),
             )
             .init();
+    }
+    if let Ok(env) = std::env::var(EnvFilter::DEFAULT_ENV)
+        && let Err(e) = check_filter(&env)
+    {
+        tracing::warn!("ignoring RUST_LOG: {e}");
     }
     LogControl { handle: Some(handle) }
 }

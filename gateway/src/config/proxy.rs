@@ -34,7 +34,7 @@ pub struct Proxy {
     pub sets: BTreeMap<String, NetSet>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Site {
     pub name: String,
     /// Lower-case host names or IP literals, unique across sites.
@@ -46,26 +46,6 @@ pub struct Site {
     pub lenient_headers: bool,
     /// PEM files; `None`: camgate's own certificate.
     pub certificate: Option<CertificateFiles>,
-}
-
-/// Rules hold compiled regexes, which do not compare; sites compare by
-/// their identity and rule names for reload diffs and tests.
-impl PartialEq for Site {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-            && self.hosts == other.hosts
-            && self.upstream == other.upstream
-            && self.profile.name == other.profile.name
-            && self.path_policy == other.path_policy
-            && self.lenient_headers == other.lenient_headers
-            && self.certificate == other.certificate
-            && self
-                .rules
-                .rules
-                .iter()
-                .map(|r| &r.name)
-                .eq(other.rules.rules.iter().map(|r| &r.name))
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,12 +17,13 @@
 //! by an advisory lock on `.camgate.toml.lock`.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{Config, ConfigError, Overrides};
+use crate::fsutil::{remove_if_present, write_new_private};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,7 +83,7 @@ impl ConfigStore {
         lock_file.lock().map_err(io("lock", &lock))?;
 
         let temp = self.sibling(".", ".tmp");
-        write_synced(&temp, text.as_bytes()).map_err(io("write", &temp))?;
+        write_new_private(&temp, text.as_bytes()).map_err(io("write", &temp))?;
 
         let prev_temp = self.sibling(".", ".prev.tmp");
         remove_if_present(&prev_temp).map_err(io("remove stale", &prev_temp))?;
@@ -120,24 +121,6 @@ impl ConfigStore {
 fn io(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_owned();
     move |source| StoreError::Io { step, path, source }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-fn remove_if_present(path: &Path) -> std::io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

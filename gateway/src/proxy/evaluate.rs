@@ -78,11 +78,13 @@ fn canonical_target(site: &Site, uri: &Uri) -> Result<CanonicalPath, TargetError
     if let Some(authority) = uri.authority() {
         // Absolute-form: the host it names must be this site's (the proxy
         // also checks it against the Host header).
-        let host = authority.host().to_ascii_lowercase();
-        if !site.hosts.iter().any(|h| {
-            h.trim_start_matches('[').trim_end_matches(']')
-                == host.trim_start_matches('[').trim_end_matches(']')
-        }) {
+        // Site hosts are names or bare IP literals; IPv6 authorities have brackets.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if !site.hosts.contains(&host) {
             return Err(TargetError::Authority(host));
         }
     }

@@ -90,6 +90,13 @@ pub fn get(name: &str) -> Option<&'static Profile> {
     all().iter().find(|profile| profile.name == name)
 }
 
+/// Built-in profiles are unique by name.
+impl PartialEq for Profile {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
 impl Profile {
     pub(crate) fn compile_rules(&'static self, context: &RuleContext<'_>) -> Result<Vec<Rule>, Problem> {
         compile_rules(

@@ -30,7 +30,7 @@ impl fmt::Display for RuleSource {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     pub name: String,
     pub source: RuleSource,
@@ -48,7 +48,7 @@ pub enum RuleUpstream {
     Url(Uri),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Matcher {
     pub path: PathPattern,
     /// Empty: any method.
@@ -71,6 +71,20 @@ pub enum PathPattern {
         matcher: GlobMatcher,
     },
     Regex(Regex),
+}
+
+/// Patterns compare by their source text: compiled matchers do not compare,
+/// and config reloads must see any change to a pattern. (A site's case
+/// sensitivity, the other compile input, is compared with its `RuleSet`.)
+impl PartialEq for PathPattern {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Exact(a), Self::Exact(b)) | (Self::Prefix(a), Self::Prefix(b)) => a == b,
+            (Self::Glob { pattern: a, .. }, Self::Glob { pattern: b, .. }) => a == b,
+            (Self::Regex(a), Self::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
 }
 
 impl PathPattern {
@@ -168,7 +182,7 @@ pub struct Step {
 }
 
 /// The rules of one site, compiled.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
     pub case_insensitive: bool,
@@ -184,17 +198,18 @@ impl RuleSet {
         } else {
             request.path.as_str()
         };
-        let query_names = query_names(request.query, self.case_insensitive);
+        // Parsed only if some rule asks about the query.
+        let query_names = std::cell::OnceCell::new();
         // A v4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
         let client = request.client.to_canonical();
         for (index, rule) in self.rules.iter().enumerate() {
             let mismatch = mismatch(&rule.matcher, path, &query_names, request, self.case_insensitive);
             if let Some(trace) = trace.as_deref_mut() {
-                let detail = mismatch.clone().unwrap_or_else(|| "matched".to_owned());
                 trace.push(Step {
                     rule: index,
                     matched: mismatch.is_none(),
-                    detail,
+                    detail: mismatch
+                        .map_or_else(|| "matched".to_owned(), |m| m.describe(&rule.matcher, request)),
                 });
             }
             if mismatch.is_none() {
@@ -209,33 +224,56 @@ impl RuleSet {
     }
 }
 
-/// `None` if the matcher fits, else why not.
-fn mismatch(
-    matcher: &Matcher,
+/// Why a matcher does not fit; described in words only for traces, so the
+/// per-request path allocates nothing for rules that do not match.
+#[derive(Debug, Clone, Copy)]
+enum Mismatch<'a> {
+    Path,
+    Method,
+    NotWebsocket,
+    Websocket,
+    QueryAbsent(&'a str),
+}
+
+impl Mismatch<'_> {
+    fn describe(self, matcher: &Matcher, request: &RequestFacts<'_>) -> String {
+        match self {
+            Self::Path => format!("{} does not match", matcher.path),
+            Self::Method => format!("method {} not in {:?}", request.method, matcher.methods),
+            Self::NotWebsocket => "not a websocket upgrade".to_owned(),
+            Self::Websocket => "is a websocket upgrade".to_owned(),
+            Self::QueryAbsent(name) => format!("query parameter {name:?} absent"),
+        }
+    }
+}
+
+fn mismatch<'a>(
+    matcher: &'a Matcher,
     path: &str,
-    query_names: &[String],
+    query_names: &std::cell::OnceCell<Vec<String>>,
     request: &RequestFacts<'_>,
     case_insensitive: bool,
-) -> Option<String> {
+) -> Option<Mismatch<'a>> {
     if !matcher.path.matches(path) {
-        return Some(format!("{} does not match", matcher.path));
+        return Some(Mismatch::Path);
     }
     if !matcher.methods.is_empty() && !matcher.methods.contains(request.method) {
-        return Some(format!("method {} not in {:?}", request.method, matcher.methods));
+        return Some(Mismatch::Method);
     }
     match matcher.websocket {
-        Some(true) if !request.websocket => return Some("not a websocket upgrade".to_owned()),
-        Some(false) if request.websocket => return Some("is a websocket upgrade".to_owned()),
+        Some(true) if !request.websocket => return Some(Mismatch::NotWebsocket),
+        Some(false) if request.websocket => return Some(Mismatch::Websocket),
         _ => {}
     }
     for wanted in &matcher.query_has {
+        let names = query_names.get_or_init(|| query_names_of(request.query));
         let present = if case_insensitive {
-            query_names.iter().any(|name| name.eq_ignore_ascii_case(wanted))
+            names.iter().any(|name| name.eq_ignore_ascii_case(wanted))
         } else {
-            query_names.iter().any(|name| name == wanted)
+            names.iter().any(|name| name == wanted)
         };
         if !present {
-            return Some(format!("query parameter {wanted:?} absent"));
+            return Some(Mismatch::QueryAbsent(wanted));
         }
     }
     None
@@ -289,17 +327,12 @@ fn set_names(sets: &[NetSet]) -> String {
 }
 
 /// Decoded query parameter names (`+` is a space, as browsers encode it).
-fn query_names(query: Option<&str>, case_insensitive: bool) -> Vec<String> {
-    let Some(query) = query else { return Vec::new() };
-    form_urlencoded::parse(query.as_bytes())
-        .map(|(name, _)| {
-            if case_insensitive {
-                name.to_lowercase()
-            } else {
-                name.into_owned()
-            }
-        })
-        .collect()
+fn query_names_of(query: Option<&str>) -> Vec<String> {
+    query.map_or_else(Vec::new, |query| {
+        form_urlencoded::parse(query.as_bytes())
+            .map(|(name, _)| name.into_owned())
+            .collect()
+    })
 }
 
 #[cfg(test)]
