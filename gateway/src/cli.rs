@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ConfigSource, Overrides};
 use crate::daemon::{self, DaemonError, Listeners, Startup};
+use crate::proxy::server::ProxyError;
 use crate::telemetry;
+use crate::tls::TlsError;
 
 /// EX_USAGE: the command line names something that does not exist.
 pub const EXIT_USAGE: u8 = 64;
@@ -187,6 +189,13 @@ fn run(source: ConfigSource) -> ExitCode {
             ExitCode::from(match e {
                 DaemonError::StateDir { .. } | DaemonError::SetupCode(_) => EXIT_CANT_CREATE,
                 DaemonError::ListenerCount { .. } | DaemonError::Io(_) => EXIT_OS,
+                DaemonError::Proxy(e) => match e {
+                    // A site's certificate or CA file that the config names.
+                    ProxyError::Tls(TlsError::Pem { .. } | TlsError::Key { .. })
+                    | ProxyError::Upstream(_) => EXIT_CONFIG,
+                    ProxyError::Tls(TlsError::SelfSignedIo { .. }) => EXIT_CANT_CREATE,
+                    ProxyError::Listen(_) | ProxyError::Tls(_) => EXIT_OS,
+                },
             })
         }
     }

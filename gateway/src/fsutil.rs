@@ -25,3 +25,17 @@ pub(crate) fn remove_if_present(path: &Path) -> std::io::Result<()> {
         _ => Ok(()),
     }
 }
+
+/// Replaces `path` atomically with a private (0600) file holding `bytes`:
+/// a crash leaves the old file or the new one, never a torn one.
+pub(crate) fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = Path::new(&temporary);
+    write_new_private(temporary, bytes)?;
+    fs::rename(temporary, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -9,6 +9,8 @@
 //! - [`shutdown`]: the one drain mechanism.
 //! - [`telemetry`]: logging setup.
 //! - [`setup`]: setup mode's one-time code.
+//! - [`proxy`]: the reverse proxy: canonical paths, rules, profiles, forwarding.
+//! - [`tls`]: server TLS config and the hot-swappable certificate resolver.
 //!
 //! See ARCHITECTURE.md at the repository root for the invariants.
 
@@ -22,6 +24,7 @@ pub mod proxy;
 pub mod setup;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 /// camgate's version, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,7 +4,6 @@
 
 pub mod metrics;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,31 +19,23 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::daemon::{DaemonStatus, SubsystemState, SubsystemStatus};
-use crate::net::{self, HttpLimits, Serving};
+use crate::net::{self, HttpLimits, ListenError, ListenerKind, ListenerSet, Serving, StagedListeners};
 use crate::shutdown::Drain;
 pub use metrics::Metrics;
 
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error("cannot listen on {address} ([admin] listen): {source}")]
-    Bind {
-        address: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("moving the admin listener from {old} to {new} needs a restart: both use port {}", new.port())]
-    Overlap { old: SocketAddr, new: SocketAddr },
-}
-
-/// Binds an admin listener (blocking; before or outside the runtime).
-pub fn bind(address: SocketAddr) -> Result<TcpListener, AdminError> {
-    net::bind_tcp(address).map_err(|source| AdminError::Bind { address, source })
-}
+pub const LISTENER: ListenerKind = ListenerKind {
+    name: "admin",
+    key: "[admin] listen",
+};
 
 /// The admin interface is for people on the LAN; these bound what one
 /// client can hold open.
 const LIMITS: HttpLimits = HttpLimits {
     header_read_timeout: Duration::from_secs(10),
     max_connections: 256,
+    max_per_client: 64,
+    write_timeout: Duration::from_secs(30),
+    http2: false,
 };
 
 /// What the handlers read.
@@ -190,20 +181,11 @@ async fn index(State(state): State<AppState>) -> Html<String> {
     ))
 }
 
-/// The running admin listeners, keyed by their configured address (a test
-/// may hand in a listener bound elsewhere, e.g. `127.0.0.1:0`).
+/// The running admin listeners.
 #[derive(Debug)]
 pub struct AdminServer {
     router: Router,
-    running: HashMap<SocketAddr, Serving>,
-}
-
-/// Listeners bound for a new config, not yet serving. Everything that can
-/// fail happened while staging; committing cannot fail.
-#[derive(Debug)]
-pub struct Staged {
-    wanted: Vec<SocketAddr>,
-    new: Vec<(SocketAddr, tokio::net::TcpListener)>,
+    listeners: ListenerSet,
 }
 
 impl AdminServer {
@@ -212,66 +194,25 @@ impl AdminServer {
         router: Router,
         drain: &Drain,
     ) -> std::io::Result<Self> {
-        let mut server = Self {
-            router,
-            running: HashMap::new(),
-        };
-        for (configured, listener) in listeners {
-            server.serve(configured, tokio::net::TcpListener::from_std(listener)?, drain)?;
-        }
-        Ok(server)
+        let listeners = ListenerSet::start(LISTENER, listeners, &|listener| serve(&router, listener, drain))?;
+        Ok(Self { router, listeners })
     }
 
     /// Binds whatever addresses the new config adds; nothing changes yet.
-    pub fn prepare(&self, config: &crate::config::Admin) -> Result<Staged, AdminError> {
-        let mut new = Vec::new();
-        for &address in config
-            .listen
-            .iter()
-            .filter(|address| !self.running.contains_key(address))
-        {
-            // A listener being replaced still holds the port: binding would
-            // fail, and stopping it first could leave no admin access at all.
-            if let Some(&old) = self.running.keys().find(|&&old| net::overlaps(old, address)) {
-                return Err(AdminError::Overlap { old, new: address });
-            }
-            let listener = bind(address)?;
-            let listener = tokio::net::TcpListener::from_std(listener)
-                .map_err(|source| AdminError::Bind { address, source })?;
-            new.push((address, listener));
-        }
-        Ok(Staged {
-            wanted: config.listen.clone(),
-            new,
-        })
+    pub fn prepare(&self, config: &crate::config::Admin) -> Result<StagedListeners, ListenError> {
+        self.listeners.stage(&config.listen)
     }
 
-    /// Serves the new listeners, then closes the ones the config dropped
-    /// (their open connections drain in the background).
-    pub async fn commit(&mut self, staged: Staged, drain: &Drain) {
-        for (configured, listener) in staged.new {
-            if let Err(e) = self.serve(configured, listener, drain) {
-                tracing::error!(address = %configured, err = %e, "admin listener lost while starting it");
-            }
-        }
-        let removed: Vec<SocketAddr> = self
-            .running
-            .keys()
-            .filter(|address| !staged.wanted.contains(address))
-            .copied()
-            .collect();
-        for address in removed {
-            if let Some(serving) = self.running.remove(&address) {
-                tracing::info!(address = %serving.local_addr(), "admin listener removed; draining it");
-                serving.stop().await;
-            }
-        }
+    /// Serves the new listeners, then closes the ones the config dropped.
+    pub async fn commit(&mut self, staged: StagedListeners, drain: &Drain) {
+        let router = &self.router;
+        self.listeners
+            .commit(staged, &|listener| serve(router, listener, drain))
+            .await;
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        let mut addrs: Vec<_> = self.running.values().map(Serving::local_addr).collect();
-        addrs.sort_unstable();
-        addrs
+        self.listeners.local_addrs()
     }
 
     pub fn status(&self) -> SubsystemStatus {
@@ -282,26 +223,19 @@ impl AdminServer {
             detail: format!("listening on {}", addrs.join(", ")),
         }
     }
+}
 
-    fn serve(
-        &mut self,
-        configured: SocketAddr,
-        listener: tokio::net::TcpListener,
-        drain: &Drain,
-    ) -> std::io::Result<()> {
-        let router = self.router.clone();
-        let make_service = move |client: SocketAddr| {
-            let router = router.clone();
-            hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(client));
-                router.clone().oneshot(request)
-            })
-        };
-        let serving = net::serve_http(listener, make_service, LIMITS, drain)?;
-        tracing::info!(address = %serving.local_addr(), "admin listener ready");
-        self.running.insert(configured, serving);
-        Ok(())
-    }
+fn serve(router: &Router, listener: tokio::net::TcpListener, drain: &Drain) -> std::io::Result<Serving> {
+    let router = router.clone();
+    let make_service = move |connection: &net::ConnectionInfo| {
+        let router = router.clone();
+        let client = connection.client;
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(client));
+            router.clone().oneshot(request)
+        })
+    };
+    net::serve_http(listener, net::Transport::Plain, make_service, LIMITS, drain)
 }
 
 #[cfg(test)]

@@ -22,26 +22,35 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminServer, AppState, Metrics};
 use crate::config::{Config, ConfigError, ConfigSource, Loaded, Mode};
+use crate::net::{self, ListenError};
+use crate::proxy::server::{self, ProxyError, ProxyServer};
 use crate::setup;
 use crate::shutdown::Drain;
 use crate::telemetry::LogControl;
 
 /// Sockets bound before the daemon starts: by `main` from the config, or by
-/// a test on `127.0.0.1:0`. `admin[i]` serves `config.admin.listen[i]`.
+/// a test on `127.0.0.1:0`. `admin[i]` serves `config.admin.listen[i]`,
+/// likewise `https` and `http` for `[proxy]`.
 #[derive(Debug)]
 pub struct Listeners {
     pub admin: Vec<std::net::TcpListener>,
+    pub https: Vec<std::net::TcpListener>,
+    pub http: Vec<std::net::TcpListener>,
 }
 
 impl Listeners {
-    pub fn bind(config: &Config) -> Result<Self, admin::AdminError> {
-        let admin = config
-            .admin
-            .listen
-            .iter()
-            .map(|&address| admin::bind(address))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { admin })
+    pub fn bind(config: &Config) -> Result<Self, ListenError> {
+        let bind_all = |kind, addresses: &[SocketAddr]| {
+            addresses
+                .iter()
+                .map(|&address| net::bind(kind, address))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Self {
+            admin: bind_all(admin::LISTENER, &config.admin.listen)?,
+            https: bind_all(server::HTTPS_LISTENER, &config.proxy.https_listen)?,
+            http: bind_all(server::HTTP_LISTENER, &config.proxy.http_listen)?,
+        })
     }
 }
 
@@ -59,8 +68,14 @@ pub enum DaemonError {
     StateDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     SetupCode(#[from] setup::SetupCodeError),
-    #[error("{given} admin listener(s) given for {configured} configured address(es)")]
-    ListenerCount { given: usize, configured: usize },
+    #[error("{given} {kind} listener(s) given for {configured} configured address(es)")]
+    ListenerCount {
+        kind: &'static str,
+        given: usize,
+        configured: usize,
+    },
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -84,7 +99,9 @@ pub enum ReloadError {
     #[error("the config file is gone; keeping the running configuration")]
     ConfigRemoved,
     #[error(transparent)]
-    Admin(#[from] admin::AdminError),
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
     #[error("cannot apply: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -142,6 +159,7 @@ pub struct Daemon {
     log: LogControl,
     drain: Drain,
     admin: AdminServer,
+    proxy: ProxyServer,
     status: watch::Sender<DaemonStatus>,
     metrics: Arc<Metrics>,
 }
@@ -157,12 +175,18 @@ impl Daemon {
             loaded: Loaded { config, setup },
             log,
         } = startup;
-        let configured = &config.admin.listen;
-        if listeners.admin.len() != configured.len() {
-            return Err(DaemonError::ListenerCount {
-                given: listeners.admin.len(),
-                configured: configured.len(),
-            });
+        for (kind, given, configured) in [
+            ("admin", listeners.admin.len(), config.admin.listen.len()),
+            ("HTTPS", listeners.https.len(), config.proxy.https_listen.len()),
+            ("HTTP", listeners.http.len(), config.proxy.http_listen.len()),
+        ] {
+            if given != configured {
+                return Err(DaemonError::ListenerCount {
+                    kind,
+                    given,
+                    configured,
+                });
+            }
         }
         create_state_dir(&config.daemon.state_dir)?;
         if !config.manages_system() {
@@ -188,8 +212,26 @@ impl Daemon {
             host_names: Arc::new(admin::default_host_names()),
         });
         let admin = AdminServer::start(
-            configured.iter().copied().zip(listeners.admin).collect(),
+            config.admin.listen.iter().copied().zip(listeners.admin).collect(),
             router,
+            &drain,
+        )?;
+        let proxy = ProxyServer::start(
+            &config,
+            config
+                .proxy
+                .https_listen
+                .iter()
+                .copied()
+                .zip(listeners.https)
+                .collect(),
+            config
+                .proxy
+                .http_listen
+                .iter()
+                .copied()
+                .zip(listeners.http)
+                .collect(),
             &drain,
         )?;
 
@@ -200,6 +242,7 @@ impl Daemon {
             log,
             drain,
             admin,
+            proxy,
             status,
             metrics,
         };
@@ -227,6 +270,14 @@ impl Daemon {
 
     pub fn admin_addrs(&self) -> Vec<SocketAddr> {
         self.admin.local_addrs()
+    }
+
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
+        self.proxy.https_addrs()
+    }
+
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.proxy.http_addrs()
     }
 
     /// Re-reads the config and applies it whole, or not at all.
@@ -286,9 +337,11 @@ impl Daemon {
 
         // Prepare every subsystem; nothing running has changed yet.
         let admin = self.admin.prepare(&new.admin)?;
+        let proxy = self.proxy.prepare(&new)?;
 
         // Commit.
         self.admin.commit(admin, &self.drain).await;
+        self.proxy.commit(proxy, &self.drain).await;
         self.log.apply(&new.daemon.log);
         self.config = new;
         if self.setup && !loaded.setup {
@@ -312,19 +365,7 @@ impl Daemon {
     }
 
     fn publish_status(&self, generation: u64) {
-        let mut subsystems = vec![self.admin.status()];
-        if !self.config.sites.is_empty() {
-            // Say plainly what is not served rather than look like a proxy.
-            subsystems.push(SubsystemStatus {
-                name: "proxy",
-                state: SubsystemState::Disabled,
-                detail: format!(
-                    "{} site(s) configured and validated; this build does not serve them yet \
-                     (`camgate explain` shows their decisions)",
-                    self.config.sites.len()
-                ),
-            });
-        }
+        let mut subsystems = vec![self.admin.status(), self.proxy.status()];
         if !self.config.manages_system() {
             for name in ["firewall", "interfaces"] {
                 subsystems.push(SubsystemStatus {

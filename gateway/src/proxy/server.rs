@@ -1,0 +1,700 @@
+//! The proxy subsystem: HTTPS listeners that find the site by Host (which
+//! must agree with SNI), decide with [`evaluate`] and forward exactly the
+//! authorized path; HTTP listeners that redirect to HTTPS. Sites, rules,
+//! clients and certificates are swapped whole on reload; open connections,
+//! streams and websocket tunnels carry on.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use ipnet::IpNet;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
+
+use super::ResponseBody;
+use super::evaluate::evaluate;
+use super::headers::{self, ForwardedFacts, RequestHost};
+use super::pages;
+use super::path::CanonicalPath;
+use super::rules::{RuleUpstream, Verdict};
+use super::upstream::{self, ClientSettings, UpstreamBody, UpstreamClient, UpstreamError};
+use crate::config::Config;
+use crate::daemon::{SubsystemState, SubsystemStatus};
+use crate::net::{
+    self, ConnectionInfo, HttpLimits, ListenError, ListenerKind, ListenerSet, Serving, StagedListeners,
+    Transport,
+};
+use crate::shutdown::Drain;
+use crate::tls::{self, CertResolver, CertTable, TlsError};
+
+pub const HTTPS_LISTENER: ListenerKind = ListenerKind {
+    name: "HTTPS",
+    key: "[proxy] https_listen",
+};
+pub const HTTP_LISTENER: ListenerKind = ListenerKind {
+    name: "HTTP",
+    key: "[proxy] http_listen",
+};
+
+const LIMITS: HttpLimits = HttpLimits {
+    header_read_timeout: Duration::from_secs(20),
+    max_connections: 4096,
+    // A browser opens 6 per host name over HTTP/1.1; a wall of MJPEG
+    // tiles or several people behind one NAT need more.
+    max_per_client: 256,
+    write_timeout: Duration::from_secs(60),
+    http2: true,
+};
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Waiting for the DVR's response head; longer gets 504.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A response body (stream) that sends nothing for this long is cut.
+const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Requests and streams in flight to one site's DVR; more get 503. DVRs
+/// have few stream slots, and this bounds what one site can hold.
+const MAX_IN_FLIGHT_PER_SITE: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// Everything a request needs, replaced whole on reload.
+#[derive(Debug)]
+struct ProxyState {
+    by_host: HashMap<String, Arc<SiteProxy>>,
+    site_count: usize,
+    trusted_proxies: Vec<IpNet>,
+    hsts: Option<HeaderValue>,
+    /// Where the HTTP listener redirects to.
+    https_port: Option<u16>,
+}
+
+#[derive(Debug)]
+struct SiteProxy {
+    site: crate::config::Site,
+    settings: ClientSettings,
+    client: UpstreamClient,
+    /// The DVR's own origins (site and rule upstreams), for redirects.
+    origins: Vec<String>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl ProxyState {
+    /// Builds the state for `config`, reusing `old`'s clients (and their
+    /// connection pools) for sites whose client settings did not change.
+    fn build(config: &Config, old: Option<&Self>) -> Result<Self, ProxyError> {
+        let mut by_host = HashMap::new();
+        for site in &config.sites {
+            let settings = ClientSettings::of(site);
+            let reused = old
+                .and_then(|old| old.by_host.get(site.hosts.first()?))
+                .filter(|old| old.site.name == site.name && old.settings == settings);
+            let client = match reused {
+                Some(old) => old.client.clone(),
+                None => upstream::client(site)?,
+            };
+            let mut origins = headers::origins_of(&site.upstream.uri);
+            for rule in &site.rules.rules {
+                let uri = match &rule.upstream {
+                    Some(RuleUpstream::Url(uri)) => uri.clone(),
+                    Some(RuleUpstream::Port(port)) => with_port(&site.upstream.uri, *port),
+                    None => continue,
+                };
+                origins.extend(headers::origins_of(&uri));
+            }
+            let proxy = Arc::new(SiteProxy {
+                site: site.clone(),
+                settings,
+                client,
+                origins,
+                in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_SITE)),
+            });
+            for host in &site.hosts {
+                by_host.insert(host.clone(), Arc::clone(&proxy));
+            }
+        }
+        let max_age = config.proxy.hsts_max_age.as_secs();
+        Ok(Self {
+            by_host,
+            site_count: config.sites.len(),
+            trusted_proxies: config.proxy.trusted_proxies.clone(),
+            hsts: (max_age > 0).then(|| {
+                HeaderValue::try_from(format!("max-age={max_age}")).expect("digits are a valid header value")
+            }),
+            https_port: config.proxy.https_listen.first().map(SocketAddr::port),
+        })
+    }
+}
+
+/// The same upstream host on another port (motion serves streams on a
+/// second port).
+fn with_port(uri: &Uri, port: u16) -> Uri {
+    let host = uri.authority().map_or("", http::uri::Authority::host);
+    Uri::builder()
+        .scheme(uri.scheme_str().unwrap_or("http"))
+        .authority(format!("{host}:{port}"))
+        .path_and_query("/")
+        .build()
+        .unwrap_or_else(|_| uri.clone())
+}
+
+/// The running proxy.
+#[derive(Debug)]
+pub struct ProxyServer {
+    https: ListenerSet,
+    http: ListenerSet,
+    state: Arc<ArcSwap<ProxyState>>,
+    resolver: Arc<CertResolver>,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+/// A new config, prepared: listeners bound, certificates loaded, clients
+/// built. Committing cannot fail.
+#[derive(Debug)]
+pub struct StagedProxy {
+    https: StagedListeners,
+    http: StagedListeners,
+    state: ProxyState,
+    certificates: CertTable,
+}
+
+impl ProxyServer {
+    pub fn start(
+        config: &Config,
+        https: Vec<(SocketAddr, std::net::TcpListener)>,
+        http: Vec<(SocketAddr, std::net::TcpListener)>,
+        drain: &Drain,
+    ) -> Result<Self, ProxyError> {
+        let resolver = Arc::new(CertResolver::new(CertTable::load(
+            &config.sites,
+            &config.daemon.state_dir,
+        )?));
+        let tls = tls::server_config(Arc::clone(&resolver))?;
+        let state = Arc::new(ArcSwap::from_pointee(ProxyState::build(config, None)?));
+        let io = |source| ListenError::Bind {
+            kind: HTTPS_LISTENER,
+            address: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        };
+        let https = ListenerSet::start(HTTPS_LISTENER, https, &|listener| {
+            serve(&state, &tls, true, listener, drain)
+        })
+        .map_err(io)?;
+        let http = ListenerSet::start(HTTP_LISTENER, http, &|listener| {
+            serve(&state, &tls, false, listener, drain)
+        })
+        .map_err(io)?;
+        Ok(Self {
+            https,
+            http,
+            state,
+            resolver,
+            tls,
+        })
+    }
+
+    pub fn prepare(&self, config: &Config) -> Result<StagedProxy, ProxyError> {
+        Ok(StagedProxy {
+            https: self.https.stage(&config.proxy.https_listen)?,
+            http: self.http.stage(&config.proxy.http_listen)?,
+            state: ProxyState::build(config, Some(&self.state.load()))?,
+            certificates: CertTable::load(&config.sites, &config.daemon.state_dir)?,
+        })
+    }
+
+    pub async fn commit(&mut self, staged: StagedProxy, drain: &Drain) {
+        self.resolver.replace(staged.certificates);
+        self.state.store(Arc::new(staged.state));
+        let (state, tls) = (&self.state, &self.tls);
+        self.https
+            .commit(staged.https, &|listener| serve(state, tls, true, listener, drain))
+            .await;
+        self.http
+            .commit(staged.http, &|listener| serve(state, tls, false, listener, drain))
+            .await;
+    }
+
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
+        self.https.local_addrs()
+    }
+
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.http.local_addrs()
+    }
+
+    pub fn status(&self) -> SubsystemStatus {
+        let list = |addrs: Vec<SocketAddr>| {
+            let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            if addrs.is_empty() {
+                "nowhere".to_owned()
+            } else {
+                addrs.join(", ")
+            }
+        };
+        SubsystemStatus {
+            name: "proxy",
+            state: SubsystemState::Running,
+            detail: format!(
+                "{} site(s); HTTPS on {}; HTTP on {}",
+                self.state.load().site_count,
+                list(self.https_addrs()),
+                list(self.http_addrs()),
+            ),
+        }
+    }
+}
+
+fn serve(
+    state: &Arc<ArcSwap<ProxyState>>,
+    tls: &Arc<rustls::ServerConfig>,
+    https: bool,
+    listener: tokio::net::TcpListener,
+    drain: &Drain,
+) -> std::io::Result<Serving> {
+    let transport = if https {
+        Transport::Tls {
+            config: Arc::clone(tls),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+        }
+    } else {
+        Transport::Plain
+    };
+    let state = Arc::clone(state);
+    let tunnels = drain.clone();
+    let make_service = move |connection: &ConnectionInfo| {
+        let handler = Handler {
+            state: Arc::clone(&state),
+            connection: Arc::new(connection.clone()),
+            tunnels: tunnels.clone(),
+        };
+        hyper::service::service_fn(move |request| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.handle(request).await) }
+        })
+    };
+    net::serve_http(listener, transport, make_service, LIMITS, drain)
+}
+
+#[derive(Debug, Clone)]
+struct Handler {
+    state: Arc<ArcSwap<ProxyState>>,
+    connection: Arc<ConnectionInfo>,
+    /// Websocket tunnels belong to the daemon's drain, not to a listener:
+    /// they survive reloads and end at shutdown.
+    tunnels: Drain,
+}
+
+/// One access-log line, filled in as the request is handled.
+#[derive(Debug, Default)]
+struct AccessLog {
+    site: Option<String>,
+    rule: Option<String>,
+    decision: &'static str,
+    why: Option<String>,
+}
+
+impl Handler {
+    async fn handle(self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let state = self.state.load_full();
+        let method = request.method().clone();
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(http::uri::Authority::as_str))
+            .unwrap_or("")
+            .to_owned();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().map(headers::scrub_query);
+        let mut log = AccessLog::default();
+        let response = if self.connection.tls.is_some() {
+            self.proxy(&state, request, &mut log).await
+        } else {
+            redirect(&state, &request, &mut log)
+        };
+        tracing::info!(
+            target: "camgate::access",
+            client = %self.connection.client,
+            method = %method,
+            host = %host,
+            path = %path,
+            query = query.as_deref().unwrap_or(""),
+            site = log.site.as_deref().unwrap_or("-"),
+            rule = log.rule.as_deref().unwrap_or("-"),
+            decision = log.decision,
+            status = response.status().as_u16(),
+            why = log.why.as_deref(),
+            ms = started.elapsed().as_millis() as u64,
+        );
+        response
+    }
+
+    async fn proxy(
+        &self,
+        state: &ProxyState,
+        request: Request<Incoming>,
+        log: &mut AccessLog,
+    ) -> Response<ResponseBody> {
+        let html = pages::wants_html(request.headers());
+        if let Err(why) = headers::check_framing(request.headers()) {
+            log.reject(why);
+            return closing(pages::respond(pages::BAD_REQUEST, html));
+        }
+        let host = match headers::request_host(&request) {
+            Ok(host) => host,
+            Err(e) => {
+                log.reject(e);
+                return pages::respond(pages::BAD_REQUEST, html);
+            }
+        };
+        // No SNI is normal for an IP literal, and nothing else.
+        let sni = self
+            .connection
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.server_name.as_deref());
+        if !sni.map_or(host.is_ip, |sni| sni == host.name) {
+            log.reject(format!("SNI {sni:?} but Host {:?}", host.name));
+            return pages::respond(pages::MISDIRECTED, html);
+        }
+        let Some(site) = state.by_host.get(&host.name) else {
+            log.reject("unknown host");
+            return pages::respond(pages::UNKNOWN_SITE, html);
+        };
+        log.site = Some(site.site.name.clone());
+
+        let peer = self.connection.client.ip().to_canonical();
+        let client = headers::client_address(peer, request.headers(), &state.trusted_proxies);
+        let websocket = headers::is_websocket_upgrade(&request);
+        let evaluation = evaluate(
+            &site.site,
+            request.method(),
+            request.uri(),
+            client,
+            websocket,
+            None,
+        );
+        log.decision = evaluation.label();
+        let decision = match (&evaluation.path, &evaluation.decision) {
+            (Ok(_), Some(decision)) => decision,
+            (Err(e), _) => {
+                log.why = Some(e.to_string());
+                return pages::respond(pages::BAD_REQUEST, html);
+            }
+            (Ok(_), None) => return pages::respond(pages::BAD_REQUEST, html),
+        };
+        let rule = decision.rule.map(|i| &site.site.rules.rules[i]);
+        log.rule = rule.map(|rule| rule.name.clone());
+        let problem = match decision.verdict {
+            Verdict::Allow => None,
+            Verdict::Deny { status: 404 } => Some(pages::NOT_FOUND),
+            Verdict::Deny { .. } => Some(pages::FORBIDDEN),
+            Verdict::NeedsCredentials => Some(pages::NEEDS_LOCAL_NETWORK),
+        };
+        if let Some(problem) = problem {
+            return pages::respond(problem, html);
+        }
+        let Ok(path) = &evaluation.path else {
+            unreachable!("a decision implies a canonical path")
+        };
+        let plan = Forward {
+            site,
+            path,
+            upstream: rule.and_then(|rule| rule.upstream.as_ref()),
+            host: &host,
+            client,
+            via_trusted_proxy: (client != peer).then_some(peer),
+            websocket,
+            html,
+            hsts: state.hsts.as_ref(),
+        };
+        self.forward(plan, request, log).await
+    }
+
+    async fn forward(
+        &self,
+        plan: Forward<'_>,
+        mut request: Request<Incoming>,
+        log: &mut AccessLog,
+    ) -> Response<ResponseBody> {
+        let Ok(permit) = Arc::clone(&plan.site.in_flight).try_acquire_owned() else {
+            log.why = Some("site at its in-flight limit".to_owned());
+            return pages::respond(pages::BUSY, plan.html);
+        };
+        let client_upgrade = plan.websocket.then(|| hyper::upgrade::on(&mut request));
+        let target = upstream_target(
+            &plan.site.site.upstream.uri,
+            plan.upstream,
+            plan.path,
+            request.uri().query(),
+        );
+        let (parts, body) = request.into_parts();
+        let mut outgoing = Request::new(body);
+        *outgoing.method_mut() = parts.method;
+        *outgoing.uri_mut() = target;
+        *outgoing.version_mut() = Version::HTTP_11;
+        let headers = outgoing.headers_mut();
+        *headers = parts.headers;
+        headers::strip_hop_by_hop(headers);
+        headers::set_forwarded(
+            headers,
+            &ForwardedFacts {
+                client: plan.client,
+                via_trusted_proxy: plan.via_trusted_proxy,
+                https: true,
+                host: plan.host,
+                port: self.connection.local.port(),
+            },
+        );
+        if let Ok(host) = HeaderValue::try_from(plan.host.original.as_str()) {
+            // DVRs build their links from Host: they see the public name.
+            headers.insert(header::HOST, host);
+        }
+        if plan.websocket {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+
+        let response = match tokio::time::timeout(RESPONSE_TIMEOUT, plan.site.client.request(outgoing)).await
+        {
+            Err(_) => {
+                log.why = Some("no response head in time".to_owned());
+                return pages::respond(pages::GATEWAY_TIMEOUT, plan.html);
+            }
+            Ok(Err(e)) => {
+                let connect = e.is_connect();
+                log.why = Some(error_chain(&e));
+                tracing::warn!(site = %plan.site.site.name, err = %error_chain(&e), "upstream request failed");
+                let problem = if connect {
+                    pages::BAD_GATEWAY
+                } else {
+                    pages::BAD_UPSTREAM_RESPONSE
+                };
+                return pages::respond(problem, plan.html);
+            }
+            Ok(Ok(response)) => response,
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return match client_upgrade {
+                Some(client_upgrade) if upstream_accepted_websocket(&response) => {
+                    self.tunnel(response, client_upgrade, permit)
+                }
+                _ => {
+                    log.why = Some("unexpected 101 from upstream".to_owned());
+                    pages::respond(pages::BAD_UPSTREAM_RESPONSE, plan.html)
+                }
+            };
+        }
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let public_origin = format!("https://{}", plan.host.original);
+        headers::rewrite_upstream_urls(&mut parts.headers, &plan.site.origins, &public_origin);
+        if let Some(hsts) = plan.hsts {
+            parts
+                .headers
+                .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+        }
+        let body = UpstreamBody::new(body, BODY_IDLE_TIMEOUT, permit);
+        Response::from_parts(parts, body.boxed())
+    }
+
+    /// Answers the client's upgrade with the upstream's 101, then copies
+    /// bytes both ways until either side closes or camgate shuts down.
+    fn tunnel(
+        &self,
+        mut response: Response<Incoming>,
+        client_upgrade: hyper::upgrade::OnUpgrade,
+        permit: OwnedSemaphorePermit,
+    ) -> Response<ResponseBody> {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let drain = self.tunnels.clone();
+        self.tunnels.spawn(
+            async move {
+                let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok(pair) => pair,
+                    Err(e) => return tracing::debug!(err = %e, "websocket upgrade failed"),
+                };
+                let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                tokio::select! {
+                    result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                        if let Err(e) = result {
+                            tracing::debug!(err = %e, "websocket tunnel ended with an error");
+                        }
+                    }
+                    () = drain.started() => {}
+                }
+                drop(permit);
+            }
+            .instrument(tracing::info_span!("websocket")),
+        );
+        let (mut parts, _) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        Response::from_parts(parts, empty())
+    }
+}
+
+/// What [`Handler::forward`] needs to know about an authorized request.
+#[derive(Debug)]
+struct Forward<'a> {
+    site: &'a SiteProxy,
+    path: &'a CanonicalPath,
+    upstream: Option<&'a RuleUpstream>,
+    host: &'a RequestHost,
+    client: IpAddr,
+    via_trusted_proxy: Option<IpAddr>,
+    websocket: bool,
+    html: bool,
+    hsts: Option<&'a HeaderValue>,
+}
+
+impl AccessLog {
+    fn reject(&mut self, why: impl std::fmt::Display) {
+        self.decision = "reject";
+        self.why = Some(why.to_string());
+    }
+}
+
+/// The upstream URI: the rule's or the site's origin, the canonical path
+/// (re-encoded), and the query as the client sent it.
+fn upstream_target(
+    site: &Uri,
+    rule: Option<&RuleUpstream>,
+    path: &CanonicalPath,
+    query: Option<&str>,
+) -> Uri {
+    let origin = match rule {
+        Some(RuleUpstream::Url(uri)) => uri.clone(),
+        Some(RuleUpstream::Port(port)) => with_port(site, *port),
+        None => site.clone(),
+    };
+    let mut path_and_query = path.to_request_path();
+    if let Some(query) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    let mut parts = origin.into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    Uri::from_parts(parts).expect("an origin plus a canonical path is a valid URI")
+}
+
+fn upstream_accepted_websocket(response: &Response<Incoming>) -> bool {
+    response
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// The HTTP listener: every request for a known name is sent to HTTPS.
+fn redirect(state: &ProxyState, request: &Request<Incoming>, log: &mut AccessLog) -> Response<ResponseBody> {
+    let html = pages::wants_html(request.headers());
+    let host = match headers::request_host(request) {
+        Ok(host) => host,
+        Err(e) => {
+            log.reject(e);
+            return pages::respond(pages::BAD_REQUEST, html);
+        }
+    };
+    let known = state.by_host.contains_key(&host.name) || host.is_ip || host.name == tls::LOCAL_NAME;
+    let Some(port) = state.https_port.filter(|_| known) else {
+        log.reject("unknown host");
+        return pages::respond(pages::UNKNOWN_SITE, html);
+    };
+    log.decision = "redirect";
+    let name = if host.name.contains(':') {
+        format!("[{}]", host.name)
+    } else {
+        host.name
+    };
+    let authority = if port == 443 {
+        name
+    } else {
+        format!("{name}:{port}")
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let status = if matches!(*request.method(), Method::GET | Method::HEAD) {
+        StatusCode::MOVED_PERMANENTLY
+    } else {
+        StatusCode::PERMANENT_REDIRECT
+    };
+    let mut response = Response::new(empty());
+    *response.status_mut() = status;
+    if let Ok(location) = HeaderValue::try_from(format!("https://{authority}{path}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Asks hyper to close the connection after this response (framing
+/// problems leave the rest of the stream untrustworthy).
+fn closing(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+fn empty() -> ResponseBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// `e: cause: cause…` — hyper's own message alone says little.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::path::{PathPolicy, canonicalize};
+
+    #[test]
+    fn upstream_targets_carry_the_canonical_path_and_the_query() {
+        let site: Uri = "http://192.168.1.20:8080/".parse().unwrap();
+        let path = canonicalize("/a/../0/stream%20x", PathPolicy::default()).unwrap();
+        assert_eq!(
+            upstream_target(&site, None, &path, Some("a=1&b")).to_string(),
+            "http://192.168.1.20:8080/0/stream%20x?a=1&b"
+        );
+        assert_eq!(
+            upstream_target(&site, Some(&RuleUpstream::Port(8081)), &path, None).to_string(),
+            "http://192.168.1.20:8081/0/stream%20x"
+        );
+        let other: Uri = "http://10.0.0.9:9000/".parse().unwrap();
+        assert_eq!(
+            upstream_target(&site, Some(&RuleUpstream::Url(other)), &path, None).to_string(),
+            "http://10.0.0.9:9000/0/stream%20x"
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! TLS for the HTTPS listener: one server config (TLS 1.2 and 1.3,
+//! forward-secret AEAD suites only, ALPN h2 + http/1.1) and a per-SNI
+//! certificate resolver whose table is swapped whole on reload: open
+//! connections keep the certificate they shook hands with.
+//!
+//! Certificates come from a site's PEM files or, failing those, from one
+//! self-signed certificate (ECDSA P-256) generated on first start and kept
+//! under the state dir, so browsers see the same one after a restart. The
+//! ACME issue adds issued certificates to the same table.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ServerConfig, SupportedCipherSuite};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::Site;
+use crate::fsutil;
+
+/// The name the appliance answers to on the LAN without DNS of its own.
+pub const LOCAL_NAME: &str = "camgate.local";
+
+const SELF_SIGNED_DIR: &str = "tls";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("site {site:?}: cannot read {}: {reason}", path.display())]
+    Pem {
+        site: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("site {site:?}: the key in {} does not fit the certificate in {}: {reason}", key.display(), certificate.display())]
+    Key {
+        site: String,
+        certificate: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
+    #[error("cannot generate the self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("cannot {step} the self-signed certificate in {}: {source}", path.display())]
+    SelfSignedIo {
+        step: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// ring's suites, minus anything that is not an (EC)DHE key exchange with
+/// an AEAD cipher. ring offers no other kind today; the filter keeps that
+/// true if a later version adds one.
+fn provider() -> CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.retain(is_forward_secret_aead);
+    provider
+}
+
+fn is_forward_secret_aead(suite: &SupportedCipherSuite) -> bool {
+    let name = format!("{:?}", suite.suite());
+    let aead = name.contains("_GCM_") || name.contains("CHACHA20_POLY1305");
+    aead && (name.starts_with("TLS13_") || name.starts_with("TLS_ECDHE_"))
+}
+
+/// The server side of every HTTPS listener.
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Certificates by host name, and the one served when no name matches (IP
+/// literals send no SNI).
+#[derive(Debug)]
+pub struct CertTable {
+    by_host: HashMap<String, Arc<CertifiedKey>>,
+    fallback: Arc<CertifiedKey>,
+}
+
+impl CertTable {
+    /// Loads every site's certificate: its PEM files, or the self-signed one
+    /// (generated when missing or when it does not cover the hosts).
+    pub fn load(sites: &[Site], state_dir: &Path) -> Result<Self, TlsError> {
+        let mut names: BTreeSet<String> = BTreeSet::from([LOCAL_NAME.to_owned()]);
+        names.extend(sites.iter().flat_map(|site| site.hosts.iter().cloned()));
+        let fallback = self_signed(&state_dir.join(SELF_SIGNED_DIR), &names)?;
+        let mut by_host = HashMap::new();
+        for site in sites {
+            let key = match &site.certificate {
+                Some(files) => Arc::new(load_pem(&site.name, &files.certificate, &files.key)?),
+                None => Arc::clone(&fallback),
+            };
+            for host in &site.hosts {
+                by_host.insert(host.clone(), Arc::clone(&key));
+            }
+        }
+        Ok(Self { by_host, fallback })
+    }
+}
+
+/// Serves certificates from a table that reloads replace whole.
+#[derive(Debug)]
+pub struct CertResolver {
+    table: ArcSwap<CertTable>,
+}
+
+impl CertResolver {
+    pub fn new(table: CertTable) -> Self {
+        Self {
+            table: ArcSwap::from_pointee(table),
+        }
+    }
+
+    /// New handshakes use `table` from now on.
+    pub fn replace(&self, table: CertTable) {
+        self.table.store(Arc::new(table));
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let table = self.table.load();
+        let by_name = hello
+            .server_name()
+            .and_then(|name| table.by_host.get(&name.to_ascii_lowercase()));
+        Some(Arc::clone(by_name.unwrap_or(&table.fallback)))
+    }
+}
+
+fn load_pem(site: &str, certificate: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let pem_error = |path: &Path, reason: String| TlsError::Pem {
+        site: site.to_owned(),
+        path: path.to_owned(),
+        reason,
+    };
+    let chain = CertificateDer::pem_file_iter(certificate)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| pem_error(certificate, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(pem_error(certificate, "no CERTIFICATE block".to_owned()));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error(key, e.to_string()))?;
+    certified_key(chain, &private).map_err(|e| TlsError::Key {
+        site: site.to_owned(),
+        certificate: certificate.to_owned(),
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A chain and its key, checked to belong together.
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: &PrivateKeyDer<'_>,
+) -> Result<CertifiedKey, rustls::Error> {
+    let signing = provider().key_provider.load_private_key(key.clone_key())?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match()?;
+    Ok(certified)
+}
+
+/// Loads the self-signed certificate from `dir`, or makes a new one when it
+/// is missing, unreadable or was made for other names.
+fn self_signed(dir: &Path, names: &BTreeSet<String>) -> Result<Arc<CertifiedKey>, TlsError> {
+    let paths = SelfSignedPaths::new(dir);
+    let wanted = names.iter().cloned().collect::<Vec<_>>().join("\n");
+    if fs::read_to_string(&paths.names).is_ok_and(|stored| stored == wanted)
+        && let Ok(key) = load_pem("(self-signed)", &paths.certificate, &paths.key)
+    {
+        return Ok(Arc::new(key));
+    }
+    let key_pair = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(names.iter().cloned().collect::<Vec<_>>())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("camgate {LOCAL_NAME}"));
+    let certificate = params.self_signed(&key_pair)?;
+    let key_der = PrivateKeyDer::try_from(key_pair.serialize_der())
+        .map_err(|e| rustls::Error::General(e.to_owned()))?;
+    let certified = certified_key(vec![certificate.der().clone()], &key_der)?;
+
+    let io = |step, path: &Path| {
+        let path = path.to_owned();
+        move |source| TlsError::SelfSignedIo { step, path, source }
+    };
+    fs::create_dir_all(dir).map_err(io("create the directory for", dir))?;
+    // Key first: a crash between the writes leaves a pair that does not
+    // match, which the next start detects and replaces.
+    fsutil::replace_private(&paths.key, key_pair.serialize_pem().as_bytes())
+        .map_err(io("write the key of", &paths.key))?;
+    fsutil::replace_private(&paths.certificate, certificate.pem().as_bytes())
+        .map_err(io("write", &paths.certificate))?;
+    fsutil::replace_private(&paths.names, wanted.as_bytes()).map_err(io("write", &paths.names))?;
+    tracing::info!(
+        path = %paths.certificate.display(),
+        names = ?names,
+        "generated a self-signed certificate"
+    );
+    Ok(Arc::new(certified))
+}
+
+struct SelfSignedPaths {
+    certificate: PathBuf,
+    key: PathBuf,
+    /// The names it was made for, one per line.
+    names: PathBuf,
+}
+
+impl SelfSignedPaths {
+    fn new(dir: &Path) -> Self {
+        Self {
+            certificate: dir.join("self-signed.crt"),
+            key: dir.join("self-signed.key"),
+            names: dir.join("self-signed.names"),
+        }
+    }
+}
+
+/// The self-signed certificate's path under `state_dir` (for people who
+/// want to trust it, and for tests).
+pub fn self_signed_certificate_path(state_dir: &Path) -> PathBuf {
+    SelfSignedPaths::new(&state_dir.join(SELF_SIGNED_DIR)).certificate
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_forward_secret_aead_suites_and_modern_versions() {
+        let provider = provider();
+        assert!(provider.cipher_suites.len() >= 6, "{:?}", provider.cipher_suites);
+        for suite in &provider.cipher_suites {
+            assert!(is_forward_secret_aead(suite), "{suite:?}");
+        }
+        let config = server_config(Arc::new(CertResolver::new(
+            CertTable::load(&[], tempfile::tempdir().unwrap().path()).unwrap(),
+        )))
+        .unwrap();
+        assert_eq!(config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn self_signed_is_kept_across_loads_and_replaced_when_names_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = BTreeSet::from(["camgate.local".to_owned(), "dvr.example.org".to_owned()]);
+        let first = self_signed(dir.path(), &names).unwrap();
+        let again = self_signed(dir.path(), &names).unwrap();
+        assert_eq!(first.cert, again.cert, "reused from the state dir");
+        let key = dir.path().join("self-signed.key");
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&key).unwrap().permissions()) & 0o777,
+            0o600
+        );
+
+        let more = BTreeSet::from(["camgate.local".to_owned(), "192.168.1.5".to_owned()]);
+        let other = self_signed(dir.path(), &more).unwrap();
+        assert_ne!(first.cert, other.cert, "new names, new certificate");
+
+        // A damaged key is replaced, not fatal.
+        fs::write(&key, "garbage").unwrap();
+        let repaired = self_signed(dir.path(), &more).unwrap();
+        assert_ne!(repaired.cert, other.cert);
+    }
+
+    #[test]
+    fn mismatched_pem_pair_is_an_error_naming_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = rcgen::generate_simple_self_signed(vec!["a.example".to_owned()]).unwrap();
+        let b = rcgen::KeyPair::generate().unwrap();
+        let certificate = dir.path().join("a.crt");
+        let key = dir.path().join("b.key");
+        fs::write(&certificate, a.cert.pem()).unwrap();
+        fs::write(&key, b.serialize_pem()).unwrap();
+        let e = load_pem("dvr", &certificate, &key).unwrap_err().to_string();
+        assert!(e.contains("does not fit") && e.contains("b.key"), "{e}");
+
+        let e = load_pem("dvr", &dir.path().join("missing.crt"), &key)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.crt"), "{e}");
+        fs::write(&certificate, "not pem").unwrap();
+        let e = load_pem("dvr", &certificate, &key).unwrap_err().to_string();
+        assert!(e.contains("no CERTIFICATE"), "{e}");
+    }
+}
