@@ -215,3 +215,20 @@ impl Camgate {
         self.peer.wait_exit(deadline)
     }
 }
+
+/// `camgate explain --json` for `request` ("METHOD TARGET") from `from`.
+pub fn explain_json(config: &Path, site: &str, from: &str, request: &str) -> serde_json::Value {
+    let output = Command::new(binary())
+        .arg("explain")
+        .arg("--config")
+        .arg(config)
+        .args(["--site", site, "--from", from, "--json", request])
+        .output()
+        .expect("run camgate explain");
+    assert!(
+        output.status.success(),
+        "explain {request:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("explain prints JSON")
+}

@@ -4,11 +4,15 @@
 //! - [`process`]: peer programs in kill-on-drop guards; polling with deadlines.
 //! - [`camgate`]: the real camgate binary with a test-owned `NOTIFY_SOCKET`.
 //! - [`http`]: a small HTTP client that runs inside a namespace.
+//! - [`tls`]: a raw TLS client for crafted requests.
+//! - [`dvr`]: the `fake-dvr` upstream and its request log.
 
 pub mod camgate;
+pub mod dvr;
 pub mod http;
 pub mod netns;
 pub mod process;
+pub mod tls;
 
 /// The config text the `config-saver` helper writes for save number `n`:
 /// valid, and different for every `n`.

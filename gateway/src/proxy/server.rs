@@ -79,7 +79,6 @@ struct ProxyState {
     by_host: HashMap<String, Arc<SiteProxy>>,
     site_count: usize,
     trusted_proxies: Vec<IpNet>,
-    hsts: Option<HeaderValue>,
     /// Where the HTTP listener redirects to.
     https_port: Option<u16>,
 }
@@ -92,12 +91,18 @@ struct SiteProxy {
     /// The DVR's own origins (site and rule upstreams), for redirects.
     origins: Vec<String>,
     in_flight: Arc<Semaphore>,
+    /// `Strict-Transport-Security`, only for sites with a real certificate.
+    hsts: Option<HeaderValue>,
 }
 
 impl ProxyState {
     /// Builds the state for `config`, reusing `old`'s clients (and their
     /// connection pools) for sites whose client settings did not change.
     fn build(config: &Config, old: Option<&Self>) -> Result<Self, ProxyError> {
+        let max_age = config.proxy.hsts_max_age.as_secs();
+        let hsts = (max_age > 0).then(|| {
+            HeaderValue::try_from(format!("max-age={max_age}")).expect("digits are a valid header value")
+        });
         let mut by_host = HashMap::new();
         for site in &config.sites {
             let settings = ClientSettings::of(site);
@@ -123,19 +128,16 @@ impl ProxyState {
                 client,
                 origins,
                 in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_SITE)),
+                hsts: site.certificate.as_ref().and(hsts.clone()),
             });
             for host in &site.hosts {
                 by_host.insert(host.clone(), Arc::clone(&proxy));
             }
         }
-        let max_age = config.proxy.hsts_max_age.as_secs();
         Ok(Self {
             by_host,
             site_count: config.sites.len(),
             trusted_proxies: config.proxy.trusted_proxies.clone(),
-            hsts: (max_age > 0).then(|| {
-                HeaderValue::try_from(format!("max-age={max_age}")).expect("digits are a valid header value")
-            }),
             https_port: config.proxy.https_listen.first().map(SocketAddr::port),
         })
     }
@@ -422,7 +424,6 @@ impl Handler {
             via_trusted_proxy: (client != peer).then_some(peer),
             websocket,
             html,
-            hsts: state.hsts.as_ref(),
         };
         self.forward(plan, request, log).await
     }
@@ -505,7 +506,7 @@ impl Handler {
         headers::strip_hop_by_hop(&mut parts.headers);
         let public_origin = format!("https://{}", plan.host.original);
         headers::rewrite_upstream_urls(&mut parts.headers, &plan.site.origins, &public_origin);
-        if let Some(hsts) = plan.hsts {
+        if let Some(hsts) = &plan.site.hsts {
             parts
                 .headers
                 .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
@@ -566,7 +567,6 @@ struct Forward<'a> {
     via_trusted_proxy: Option<IpAddr>,
     websocket: bool,
     html: bool,
-    hsts: Option<&'a HeaderValue>,
 }
 
 impl AccessLog {
