@@ -115,6 +115,9 @@ pub fn init(default_directives: &str) -> LogControl {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(stderr)
+                    // Span fields are formatted by the layer, not the event
+                    // format: without this they carry ANSI colour codes.
+                    .with_ansi(false)
                     .event_format(SyslogPrefix(format)),
             )
             .init();

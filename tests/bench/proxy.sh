@@ -3,7 +3,7 @@
 # bench.test (one self-signed P-256 leaf) and proxying to the same upstream, fake-dvr, over keep-alive
 # pools. Method and anchor numbers: /work/shared/notes/bench-method.md. In short:
 # - the proxy under test is pinned to CPU 0; wrk/h2load, the Python clients and fake-dvr to CPU 1;
-# - every server is started fresh for each round, rounds interleave all five servers, and each figure is
+# - rounds interleave all five servers (each test on a freshly started server), and each figure is
 #   compared with nginx's *within* a round, then the median of those ratios is reported (host speed drifts);
 # - efficiency is proxy CPU microseconds per request (utime+stime of the proxy's process tree), because the
 #   client side, not the proxy, caps req/s;
@@ -11,12 +11,15 @@
 #   the upstream's only client, so counting upstream sockets proves pool reuse) and a private mount
 #   namespace whose /etc/hosts maps bench.test to 127.0.0.1, so wrk/h2load send the real SNI and Host.
 #
-# Measured per server and round: idle RSS after start; RSS growth while holding 1,000 idle TLS keep-alive
-# connections; HTTP/1.1 (wrk -t1 -c64 --latency) and HTTP/2 (h2load -t1 -c32 -m10) on /bytes?n=1024 with
-# req/s, CPU us/request, p50/p99, peak RSS and new upstream connections; 200 MJPEG readers at 2 Mbit/s with
-# proxy CPU %, peak RSS and the bytes the readers really got (so a broken proxy cannot look cheap).
+# Measured per server and round, each test on a freshly started server: idle RSS after start; RSS growth
+# while holding 1,000 idle TLS keep-alive connections (from 8 loopback addresses: camgate caps connections
+# per client address at 256); HTTP/1.1 (wrk -t1 -c64 -d10s --latency) and HTTP/2 (h2load -t1 -c32 -m10
+# -D 10) on /bytes?n=1024 with req/s, CPU us/request, p50/p99, peak RSS and new upstream connections;
+# 200 MJPEG readers at 2 Mbit/s for 12 s with proxy CPU %, peak RSS and the bytes the readers really got
+# (so a broken proxy cannot look cheap). Results: one table per figure, ratios to nginx, PASS/MISS lines
+# for camgate's targets, and anomalies (failed requests, unused upstream pools, other load on the host).
 #
-# Usage (root):  tests/bench/proxy.sh            3 rounds, about 11 minutes
+# Usage (root):  tests/bench/proxy.sh            3 rounds, about 10 minutes
 #                QUICK=1 tests/bench/proxy.sh    1 round of 3-second runs (smoke test)
 # Environment:   ROUNDS=N; SERVERS="nginx camgate" (a subset; nginx, the reference, is always added);
 #                RESULTS=FILE (raw JSON lines, default /tmp/camgate-proxy-bench.jsonl; re-print the tables with
@@ -43,16 +46,20 @@ install_missing() {
   echo "proxy.sh: installing ${need[*]}" >&2
   # nginx and apache2 both start on port 80 as soon as they are installed, so the second one's postinst
   # would fail; we run our own instances anyway. policy-rc.d exit 101 = "do not start services".
-  local policy=/usr/sbin/policy-rc.d
+  # An existing policy-rc.d (Docker images ship one) is left exactly as it is.
+  local policy=/usr/sbin/policy-rc.d ours=
   if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' >"$policy"
     chmod +x "$policy"
-    trap 'rm -f "$policy"' EXIT
+    ours=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   apt-get update
   DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
-  rm -f "$policy"
-  trap - EXIT
+  if [ -n "$ours" ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
 }
 
 if [ -z "${CGBENCH_INNER:-}" ]; then
@@ -75,7 +82,7 @@ fi
 if [ -n "${QUICK:-}" ]; then
   rounds=${ROUNDS:-1} run_s=3 mjpeg_s=3
 else
-  rounds=${ROUNDS:-3} run_s=10 mjpeg_s=15
+  rounds=${ROUNDS:-3} run_s=10 mjpeg_s=12   # 12 s, not 15, keeps 3 rounds under ~10 minutes
 fi
 servers="nginx"
 for s in ${SERVERS:-$all_servers}; do
@@ -93,7 +100,7 @@ camgate_admin_port=8446 camgate_http_port=8447
 
 work=$(mktemp -d /tmp/cgbench-proxy.XXXXXX)
 chmod 755 "$work"          # Apache's children run as www-data
-started=()                 # every process group we started, for the trap
+started=()                 # process groups we started and have not reaped yet, for the trap
 server_pid=
 
 cleanup() {
@@ -108,7 +115,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 ip link set lo up
-ulimit -n "$(ulimit -Hn)"  # 1,000 idle connections + upstream pools; the servers inherit this
+# 1,000 idle connections + upstream pools need fds; the servers inherit this limit.
+nofile=$(ulimit -Hn)
+if [ "$nofile" = unlimited ] || [ "$nofile" -gt 65536 ]; then
+  nofile=65536
+fi
+ulimit -n "$nofile"
 printf '127.0.0.1 localhost bench.test\n::1 localhost\n' >"$work/hosts"
 mount --bind "$work/hosts" /etc/hosts
 
@@ -128,8 +140,13 @@ stop_server() {
     kill -0 "$server_pid" 2>/dev/null || break
     sleep 0.1
   done
-  kill -KILL -- "-$server_pid" 2>/dev/null || true
+  kill -KILL -- "-$server_pid" 2>/dev/null || true   # the leader is not reaped yet, so the group is ours
   wait "$server_pid" 2>/dev/null || true
+  local pid kept=()
+  for pid in "${started[@]}"; do            # reaped: its pid may be reused, so the trap must forget it
+    [ "$pid" = "$server_pid" ] || kept+=("$pid")
+  done
+  started=("${kept[@]}")
 }
 
 # --- Certificate: a proper leaf (CA:FALSE, serverAuth), self-signed, P-256 ---------------------------------
@@ -215,7 +232,7 @@ start_haproxy() {
   cat >"$d/haproxy.cfg" <<EOF
 global
   nbthread 1
-  maxconn 20000
+  maxconn $((nofile / 2 - 100))     # HAProxy refuses to start if maxconn needs more fds than allowed
   ssl-default-bind-options ssl-min-ver TLSv1.3
 defaults
   mode http
@@ -251,6 +268,8 @@ LogLevel warn
 User www-data
 Group www-data
 LoadModule mpm_event_module $m/mod_mpm_event.so
+LoadModule authn_core_module $m/mod_authn_core.so
+LoadModule authz_core_module $m/mod_authz_core.so
 LoadModule socache_shmcb_module $m/mod_socache_shmcb.so
 LoadModule ssl_module $m/mod_ssl.so
 LoadModule http2_module $m/mod_http2.so
@@ -355,7 +374,7 @@ bench() {
   shift
   taskset -c 1 /usr/bin/python3 "$here/proxy_bench.py" "$cmd" --out "$results" --round "$round" \
     --server "$name" --pid "$server_pid" --port "${port[$name]}" --upstream-port "$upstream_port" \
-    --cafile "$work/cert.pem" --tmp "$work" "$@"
+    --upstream-pid "$upstream_pid" --cafile "$work/cert.pem" --tmp "$work" "$@"
 }
 
 server_log_tail() {
@@ -363,35 +382,36 @@ server_log_tail() {
   tail -n 15 "$work/$name/stderr.log" "$work/$name/error.log" 2>/dev/null | sed 's/^/  /' >&2 || true
 }
 
+# Each test gets a freshly started server, so one test's memory high-water mark (1,000 connections, a burst
+# of HTTP/2 streams) does not show up as the next test's peak RSS.
 measure() {
   name=$1
   echo "== round $round/$rounds: $name on 127.0.0.1:${port[$name]}" >&2
-  "start_$name"
-  if ! bench wait-port; then
-    server_log_tail
-    stop_server
-    return
-  fi
-  sleep 1                               # idle RSS: only a TCP probe has connected so far
-  bench idle || true
-  if ! bench check; then                # one real request through the proxy, or nothing else is measured
-    server_log_tail
-    stop_server
-    return
-  fi
-  local test
+  local test first=1 failed
   for test in "conns --n $conns" "h1 --duration $run_s" "h2 --duration $run_s" \
               "mjpeg --readers $readers --duration $mjpeg_s --size $frame --fps $fps"; do
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-      echo "  $name died; skipping the rest of this round" >&2
-      server_log_tail
-      break
+    "start_$name"
+    failed=1
+    if bench wait-port; then
+      if ((first)); then
+        sleep 1                         # idle RSS: only a TCP probe has connected so far
+        bench idle || true
+        first=0
+      fi
+      if bench check; then              # one real request through the proxy, or nothing is measured
+        failed=0
+        # shellcheck disable=SC2086  # $test is a subcommand plus its options
+        bench $test || echo "  $name: ${test%% *} measurement crashed" >&2
+        kill -0 "$server_pid" 2>/dev/null || { echo "  $name died during ${test%% *}" >&2; failed=1; }
+      fi
     fi
-    # shellcheck disable=SC2086  # $test is a subcommand plus its options
-    bench $test || echo "  $name: ${test%% *} measurement crashed" >&2
-    sleep 0.5                           # let the previous test's connections drain
+    if ((failed)); then
+      server_log_tail
+      stop_server
+      return 0
+    fi
+    stop_server
   done
-  stop_server
 }
 
 make_cert
