@@ -188,7 +188,7 @@ fn run(source: ConfigSource) -> ExitCode {
             tracing::error!("{e}");
             ExitCode::from(match e {
                 DaemonError::StateDir { .. } | DaemonError::SetupCode(_) => EXIT_CANT_CREATE,
-                DaemonError::ListenerCount { .. } | DaemonError::Io(_) => EXIT_OS,
+                DaemonError::ListenerCount { .. } | DaemonError::Listen(_) | DaemonError::Io(_) => EXIT_OS,
                 DaemonError::Proxy(e) => match e {
                     // A site's certificate or CA file that the config names.
                     ProxyError::Tls(TlsError::Pem { .. } | TlsError::Key { .. })

@@ -34,8 +34,9 @@ pub(crate) fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> 
     let temporary = Path::new(&temporary);
     write_new_private(temporary, bytes)?;
     fs::rename(temporary, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => fs::File::open(dir)?.sync_all()?,
+        _ => fs::File::open(".")?.sync_all()?,
     }
     Ok(())
 }

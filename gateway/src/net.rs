@@ -26,6 +26,27 @@ use crate::shutdown::Drain;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A per-connection HTTP service as hyper serves it (the bounds every
+/// function of the accept loop repeats, named once).
+pub trait ConnectionService:
+    Service<Request<Incoming>, Response = Response<Self::Body>, Error = Infallible, Future: Send + 'static>
+    + Send
+    + 'static
+{
+    type Body: Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, B> ConnectionService for S
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Body = B;
+}
+
 /// Binds a listening TCP socket: `SO_REUSEADDR` (restart while old
 /// connections linger in TIME_WAIT) and, for IPv6, `IPV6_V6ONLY`, so
 /// `0.0.0.0:P` and `[::]:P` are two independent listeners on every host.
@@ -114,7 +135,7 @@ impl Serving {
 
 /// Serves HTTP on `listener` until `drain` (or the returned [`Serving`])
 /// stops it. `make_service` builds a service per connection.
-pub fn serve_http<M, S, B>(
+pub fn serve_http<M, S>(
     listener: tokio::net::TcpListener,
     transport: Transport,
     make_service: M,
@@ -123,11 +144,7 @@ pub fn serve_http<M, S, B>(
 ) -> std::io::Result<Serving>
 where
     M: Fn(&ConnectionInfo) -> S + Send + Sync + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ConnectionService,
 {
     let local = listener.local_addr()?;
     let part = drain.child();
@@ -163,7 +180,7 @@ fn server_builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 
-async fn accept_loop<M, S, B>(
+async fn accept_loop<M, S>(
     listener: tokio::net::TcpListener,
     transport: Transport,
     make_service: M,
@@ -172,11 +189,7 @@ async fn accept_loop<M, S, B>(
     closed: oneshot::Sender<()>,
 ) where
     M: Fn(&ConnectionInfo) -> S + Send + Sync + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ConnectionService,
 {
     let builder = Arc::new(server_builder(&limits));
     let make_service = Arc::new(make_service);
@@ -240,14 +253,10 @@ struct Connection<M> {
 }
 
 impl<M> Connection<M> {
-    async fn run<S, B>(self)
+    async fn run<S>(self)
     where
         M: Fn(&ConnectionInfo) -> S,
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: ConnectionService,
     {
         let mut info = ConnectionInfo {
             client: self.client,
@@ -282,14 +291,10 @@ impl<M> Connection<M> {
 
 /// Serves one connection; when the drain starts, finishes the request in
 /// flight (HTTP/1) or sends GOAWAY (HTTP/2) and lets open streams end.
-async fn serve_connection<I, S, B>(builder: &auto::Builder<TokioExecutor>, io: I, service: S, part: &Drain)
+async fn serve_connection<I, S>(builder: &auto::Builder<TokioExecutor>, io: I, service: S, part: &Drain)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: ConnectionService,
 {
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
@@ -412,13 +417,19 @@ impl ListenerSet {
         kind: ListenerKind,
         listeners: Vec<(SocketAddr, std::net::TcpListener)>,
         serve: &dyn Fn(tokio::net::TcpListener) -> std::io::Result<Serving>,
-    ) -> std::io::Result<Self> {
+    ) -> Result<Self, ListenError> {
         let mut set = Self {
             kind,
             running: HashMap::new(),
         };
         for (configured, listener) in listeners {
-            let serving = serve(tokio::net::TcpListener::from_std(listener)?)?;
+            let serving = tokio::net::TcpListener::from_std(listener)
+                .and_then(serve)
+                .map_err(|source| ListenError::Bind {
+                    kind,
+                    address: configured,
+                    source,
+                })?;
             tracing::info!(address = %serving.local_addr(), "{} listener ready", kind.name);
             set.running.insert(configured, serving);
         }

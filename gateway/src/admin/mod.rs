@@ -193,7 +193,7 @@ impl AdminServer {
         listeners: Vec<(SocketAddr, TcpListener)>,
         router: Router,
         drain: &Drain,
-    ) -> std::io::Result<Self> {
+    ) -> Result<Self, ListenError> {
         let listeners = ListenerSet::start(LISTENER, listeners, &|listener| serve(&router, listener, drain))?;
         Ok(Self { router, listeners })
     }

@@ -75,6 +75,8 @@ pub enum DaemonError {
         configured: usize,
     },
     #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
     Proxy(#[from] ProxyError),
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),

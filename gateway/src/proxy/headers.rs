@@ -163,9 +163,9 @@ const CLIENT_CLAIMS: [&str; 12] = [
 /// The client's address: the socket's, or, when the socket peer is a
 /// trusted proxy, the right-most `X-Forwarded-For` entry that is not one.
 pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(&canonical_ip(*ip)));
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(&ip.to_canonical()));
     if !is_trusted(&peer) {
-        return canonical_ip(peer);
+        return peer.to_canonical();
     }
     let chain: Vec<IpAddr> = headers
         .get_all("x-forwarded-for")
@@ -178,11 +178,8 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> I
         .into_iter()
         .rev()
         .find(|ip| !is_trusted(ip))
-        .map_or(canonical_ip(peer), canonical_ip)
-}
-
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
+        .unwrap_or(peer)
+        .to_canonical()
 }
 
 /// What camgate tells the upstream about the request.
@@ -242,9 +239,9 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
 }
 
 /// Rewrites `Location`, `Content-Location` and `Refresh` values that point
-/// at one of the upstream's own origins (`http://192.168.1.20:8090`) to the
-/// public origin the client used.
-pub fn rewrite_upstream_urls(headers: &mut HeaderMap, upstream_origins: &[String], public_origin: &str) {
+/// at one of the upstream's own origins (`http://192.168.1.20:8090`) to
+/// `https://` and the public host (with port) the client used.
+pub fn rewrite_upstream_urls(headers: &mut HeaderMap, upstream_origins: &[String], public_host: &str) {
     for name in [header::LOCATION, header::CONTENT_LOCATION, header::REFRESH] {
         let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
@@ -253,10 +250,10 @@ pub fn rewrite_upstream_urls(headers: &mut HeaderMap, upstream_origins: &[String
             // `5; url=http://…`
             value.find("url=").or_else(|| value.find("URL=")).and_then(|at| {
                 let (head, url) = value.split_at(at + 4);
-                rewrite_url(url, upstream_origins, public_origin).map(|url| format!("{head}{url}"))
+                rewrite_url(url, upstream_origins, public_host).map(|url| format!("{head}{url}"))
             })
         } else {
-            rewrite_url(value, upstream_origins, public_origin)
+            rewrite_url(value, upstream_origins, public_host)
         };
         if let Some(value) = rewritten.and_then(|v| HeaderValue::try_from(v).ok()) {
             headers.insert(name, value);
@@ -264,12 +261,18 @@ pub fn rewrite_upstream_urls(headers: &mut HeaderMap, upstream_origins: &[String
     }
 }
 
-fn rewrite_url(url: &str, upstream_origins: &[String], public_origin: &str) -> Option<String> {
+fn rewrite_url(url: &str, upstream_origins: &[String], public_host: &str) -> Option<String> {
     upstream_origins.iter().find_map(|origin| {
         let rest = url.get(origin.len()..)?;
         let head = &url[..origin.len()];
-        (head.eq_ignore_ascii_case(origin) && (rest.is_empty() || rest.starts_with(['/', '?', '#'])))
-            .then(|| format!("{public_origin}{}", if rest.is_empty() { "/" } else { rest }))
+        (head.eq_ignore_ascii_case(origin) && (rest.is_empty() || rest.starts_with(['/', '?', '#']))).then(
+            || {
+                format!(
+                    "https://{public_host}{}",
+                    if rest.is_empty() { "/" } else { rest }
+                )
+            },
+        )
     })
 }
 
@@ -464,7 +467,7 @@ mod tests {
         )
         .headers()
         .clone();
-        rewrite_upstream_urls(&mut headers, &origins, "https://dvr.example.org");
+        rewrite_upstream_urls(&mut headers, &origins, "dvr.example.org");
         assert_eq!(headers["location"], "https://dvr.example.org/login?next=%2F");
         assert_eq!(
             headers["content-location"], "http://192.168.1.200/x",

@@ -88,6 +88,9 @@ struct SiteProxy {
     site: crate::config::Site,
     settings: ClientSettings,
     client: UpstreamClient,
+    /// Where each rule sends requests (`None`: the site's upstream), by
+    /// rule index.
+    rule_origins: Vec<Option<Uri>>,
     /// The DVR's own origins (site and rule upstreams), for redirects.
     origins: Vec<String>,
     in_flight: Arc<Semaphore>,
@@ -109,25 +112,34 @@ impl ProxyState {
             let reused = old
                 .and_then(|old| old.by_host.get(site.hosts.first()?))
                 .filter(|old| old.site.name == site.name && old.settings == settings);
-            let client = match reused {
-                Some(old) => old.client.clone(),
-                None => upstream::client(site)?,
+            // A kept client keeps its pool, and the in-flight limit keeps
+            // counting the streams that outlive the reload.
+            let (client, in_flight) = match reused {
+                Some(old) => (old.client.clone(), Arc::clone(&old.in_flight)),
+                None => (
+                    upstream::client(&site.name, &settings)?,
+                    Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_SITE)),
+                ),
             };
+            let rule_origins: Vec<Option<Uri>> = site
+                .rules
+                .rules
+                .iter()
+                .map(|rule| {
+                    rule.upstream
+                        .as_ref()
+                        .map(|to| rule_origin(&site.upstream.uri, to))
+                })
+                .collect();
             let mut origins = headers::origins_of(&site.upstream.uri);
-            for rule in &site.rules.rules {
-                let uri = match &rule.upstream {
-                    Some(RuleUpstream::Url(uri)) => uri.clone(),
-                    Some(RuleUpstream::Port(port)) => with_port(&site.upstream.uri, *port),
-                    None => continue,
-                };
-                origins.extend(headers::origins_of(&uri));
-            }
+            origins.extend(rule_origins.iter().flatten().flat_map(headers::origins_of));
             let proxy = Arc::new(SiteProxy {
                 site: site.clone(),
                 settings,
                 client,
+                rule_origins,
                 origins,
-                in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_SITE)),
+                in_flight,
                 hsts: site.certificate.as_ref().and(hsts.clone()),
             });
             for host in &site.hosts {
@@ -143,16 +155,21 @@ impl ProxyState {
     }
 }
 
-/// The same upstream host on another port (motion serves streams on a
-/// second port).
-fn with_port(uri: &Uri, port: u16) -> Uri {
-    let host = uri.authority().map_or("", http::uri::Authority::host);
-    Uri::builder()
-        .scheme(uri.scheme_str().unwrap_or("http"))
-        .authority(format!("{host}:{port}"))
-        .path_and_query("/")
-        .build()
-        .unwrap_or_else(|_| uri.clone())
+/// Where a rule sends requests: its URL, or the site's upstream host on
+/// another port (motion serves streams on a second port).
+fn rule_origin(site: &Uri, upstream: &RuleUpstream) -> Uri {
+    match upstream {
+        RuleUpstream::Url(uri) => uri.clone(),
+        RuleUpstream::Port(port) => {
+            let host = site.authority().map_or("", http::uri::Authority::host);
+            Uri::builder()
+                .scheme(site.scheme_str().unwrap_or("http"))
+                .authority(format!("{host}:{port}"))
+                .path_and_query("/")
+                .build()
+                .unwrap_or_else(|_| site.clone())
+        }
+    }
 }
 
 /// The running proxy.
@@ -188,19 +205,12 @@ impl ProxyServer {
         )?));
         let tls = tls::server_config(Arc::clone(&resolver))?;
         let state = Arc::new(ArcSwap::from_pointee(ProxyState::build(config, None)?));
-        let io = |source| ListenError::Bind {
-            kind: HTTPS_LISTENER,
-            address: SocketAddr::from(([0, 0, 0, 0], 0)),
-            source,
-        };
         let https = ListenerSet::start(HTTPS_LISTENER, https, &|listener| {
             serve(&state, &tls, true, listener, drain)
-        })
-        .map_err(io)?;
+        })?;
         let http = ListenerSet::start(HTTP_LISTENER, http, &|listener| {
             serve(&state, &tls, false, listener, drain)
-        })
-        .map_err(io)?;
+        })?;
         Ok(Self {
             https,
             http,
@@ -303,55 +313,76 @@ struct Handler {
 
 /// One access-log line, filled in as the request is handled.
 #[derive(Debug, Default)]
-struct AccessLog {
-    site: Option<String>,
-    rule: Option<String>,
+struct AccessLog<'a> {
+    site: Option<&'a str>,
+    rule: Option<&'a str>,
     decision: &'static str,
     why: Option<String>,
+}
+
+/// What the access log says about the request itself; copied before the
+/// request is consumed, and only when the access log is on.
+#[derive(Debug)]
+struct RequestLine {
+    method: Method,
+    host: String,
+    path: String,
+    query: Option<String>,
+}
+
+impl RequestLine {
+    fn of<B>(request: &Request<B>) -> Self {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| request.uri().authority().map(http::uri::Authority::as_str))
+            .unwrap_or("");
+        Self {
+            method: request.method().clone(),
+            host: host.to_owned(),
+            path: request.uri().path().to_owned(),
+            query: request.uri().query().map(headers::scrub_query),
+        }
+    }
 }
 
 impl Handler {
     async fn handle(self, request: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
         let state = self.state.load_full();
-        let method = request.method().clone();
-        let host = request
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| request.uri().authority().map(http::uri::Authority::as_str))
-            .unwrap_or("")
-            .to_owned();
-        let path = request.uri().path().to_owned();
-        let query = request.uri().query().map(headers::scrub_query);
+        let line = tracing::enabled!(target: "camgate::access", tracing::Level::INFO)
+            .then(|| RequestLine::of(&request));
         let mut log = AccessLog::default();
         let response = if self.connection.tls.is_some() {
             self.proxy(&state, request, &mut log).await
         } else {
             redirect(&state, &request, &mut log)
         };
-        tracing::info!(
-            target: "camgate::access",
-            client = %self.connection.client,
-            method = %method,
-            host = %host,
-            path = %path,
-            query = query.as_deref().unwrap_or(""),
-            site = log.site.as_deref().unwrap_or("-"),
-            rule = log.rule.as_deref().unwrap_or("-"),
-            decision = log.decision,
-            status = response.status().as_u16(),
-            why = log.why.as_deref(),
-            ms = started.elapsed().as_millis() as u64,
-        );
+        if let Some(line) = line {
+            tracing::info!(
+                target: "camgate::access",
+                client = %self.connection.client,
+                method = %line.method,
+                host = %line.host,
+                path = %line.path,
+                query = line.query.as_deref().unwrap_or(""),
+                site = log.site.unwrap_or("-"),
+                rule = log.rule.unwrap_or("-"),
+                decision = log.decision,
+                status = response.status().as_u16(),
+                why = log.why.as_deref(),
+                ms = started.elapsed().as_millis() as u64,
+            );
+        }
         response
     }
 
-    async fn proxy(
+    async fn proxy<'s>(
         &self,
-        state: &ProxyState,
+        state: &'s ProxyState,
         request: Request<Incoming>,
-        log: &mut AccessLog,
+        log: &mut AccessLog<'s>,
     ) -> Response<ResponseBody> {
         let html = pages::wants_html(request.headers());
         if let Err(why) = headers::check_framing(request.headers()) {
@@ -379,7 +410,7 @@ impl Handler {
             log.reject("unknown host");
             return pages::respond(pages::UNKNOWN_SITE, html);
         };
-        log.site = Some(site.site.name.clone());
+        log.site = Some(&site.site.name);
 
         let peer = self.connection.client.ip().to_canonical();
         let client = headers::client_address(peer, request.headers(), &state.trusted_proxies);
@@ -402,7 +433,7 @@ impl Handler {
             (Ok(_), None) => return pages::respond(pages::BAD_REQUEST, html),
         };
         let rule = decision.rule.map(|i| &site.site.rules.rules[i]);
-        log.rule = rule.map(|rule| rule.name.clone());
+        log.rule = rule.map(|rule| rule.name.as_str());
         let problem = match decision.verdict {
             Verdict::Allow => None,
             Verdict::Deny { status: 404 } => Some(pages::NOT_FOUND),
@@ -418,7 +449,10 @@ impl Handler {
         let plan = Forward {
             site,
             path,
-            upstream: rule.and_then(|rule| rule.upstream.as_ref()),
+            origin: decision
+                .rule
+                .and_then(|i| site.rule_origins[i].as_ref())
+                .unwrap_or(&site.site.upstream.uri),
             host: &host,
             client,
             via_trusted_proxy: (client != peer).then_some(peer),
@@ -432,19 +466,14 @@ impl Handler {
         &self,
         plan: Forward<'_>,
         mut request: Request<Incoming>,
-        log: &mut AccessLog,
+        log: &mut AccessLog<'_>,
     ) -> Response<ResponseBody> {
         let Ok(permit) = Arc::clone(&plan.site.in_flight).try_acquire_owned() else {
             log.why = Some("site at its in-flight limit".to_owned());
             return pages::respond(pages::BUSY, plan.html);
         };
         let client_upgrade = plan.websocket.then(|| hyper::upgrade::on(&mut request));
-        let target = upstream_target(
-            &plan.site.site.upstream.uri,
-            plan.upstream,
-            plan.path,
-            request.uri().query(),
-        );
+        let target = upstream_target(plan.origin, plan.path, request.uri().query());
         let (parts, body) = request.into_parts();
         let mut outgoing = Request::new(body);
         *outgoing.method_mut() = parts.method;
@@ -504,8 +533,7 @@ impl Handler {
         }
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let public_origin = format!("https://{}", plan.host.original);
-        headers::rewrite_upstream_urls(&mut parts.headers, &plan.site.origins, &public_origin);
+        headers::rewrite_upstream_urls(&mut parts.headers, &plan.site.origins, &plan.host.original);
         if let Some(hsts) = &plan.site.hsts {
             parts
                 .headers
@@ -561,7 +589,8 @@ impl Handler {
 struct Forward<'a> {
     site: &'a SiteProxy,
     path: &'a CanonicalPath,
-    upstream: Option<&'a RuleUpstream>,
+    /// The rule's upstream, or the site's.
+    origin: &'a Uri,
     host: &'a RequestHost,
     client: IpAddr,
     via_trusted_proxy: Option<IpAddr>,
@@ -569,7 +598,7 @@ struct Forward<'a> {
     html: bool,
 }
 
-impl AccessLog {
+impl AccessLog<'_> {
     fn reject(&mut self, why: impl std::fmt::Display) {
         self.decision = "reject";
         self.why = Some(why.to_string());
@@ -578,23 +607,13 @@ impl AccessLog {
 
 /// The upstream URI: the rule's or the site's origin, the canonical path
 /// (re-encoded), and the query as the client sent it.
-fn upstream_target(
-    site: &Uri,
-    rule: Option<&RuleUpstream>,
-    path: &CanonicalPath,
-    query: Option<&str>,
-) -> Uri {
-    let origin = match rule {
-        Some(RuleUpstream::Url(uri)) => uri.clone(),
-        Some(RuleUpstream::Port(port)) => with_port(site, *port),
-        None => site.clone(),
-    };
+fn upstream_target(origin: &Uri, path: &CanonicalPath, query: Option<&str>) -> Uri {
     let mut path_and_query = path.to_request_path();
     if let Some(query) = query {
         path_and_query.push('?');
         path_and_query.push_str(query);
     }
-    let mut parts = origin.into_parts();
+    let mut parts = origin.clone().into_parts();
     parts.path_and_query = path_and_query.parse().ok();
     Uri::from_parts(parts).expect("an origin plus a canonical path is a valid URI")
 }
@@ -607,7 +626,11 @@ fn upstream_accepted_websocket(response: &Response<Incoming>) -> bool {
 }
 
 /// The HTTP listener: every request for a known name is sent to HTTPS.
-fn redirect(state: &ProxyState, request: &Request<Incoming>, log: &mut AccessLog) -> Response<ResponseBody> {
+fn redirect(
+    state: &ProxyState,
+    request: &Request<Incoming>,
+    log: &mut AccessLog<'_>,
+) -> Response<ResponseBody> {
     let html = pages::wants_html(request.headers());
     let host = match headers::request_host(request) {
         Ok(host) => host,
@@ -684,16 +707,16 @@ mod tests {
         let site: Uri = "http://192.168.1.20:8080/".parse().unwrap();
         let path = canonicalize("/a/../0/stream%20x", PathPolicy::default()).unwrap();
         assert_eq!(
-            upstream_target(&site, None, &path, Some("a=1&b")).to_string(),
+            upstream_target(&site, &path, Some("a=1&b")).to_string(),
             "http://192.168.1.20:8080/0/stream%20x?a=1&b"
         );
         assert_eq!(
-            upstream_target(&site, Some(&RuleUpstream::Port(8081)), &path, None).to_string(),
+            upstream_target(&rule_origin(&site, &RuleUpstream::Port(8081)), &path, None).to_string(),
             "http://192.168.1.20:8081/0/stream%20x"
         );
         let other: Uri = "http://10.0.0.9:9000/".parse().unwrap();
         assert_eq!(
-            upstream_target(&site, Some(&RuleUpstream::Url(other)), &path, None).to_string(),
+            upstream_target(&rule_origin(&site, &RuleUpstream::Url(other)), &path, None).to_string(),
             "http://10.0.0.9:9000/0/stream%20x"
         );
     }

@@ -59,13 +59,12 @@ impl ClientSettings {
     }
 }
 
-pub fn client(site: &Site) -> Result<UpstreamClient, UpstreamError> {
-    let settings = ClientSettings::of(site);
+pub fn client(site: &str, settings: &ClientSettings) -> Result<UpstreamClient, UpstreamError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let tls = tls_config(&site.name, &settings.tls)?;
+    let tls = tls_config(site, &settings.tls)?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
