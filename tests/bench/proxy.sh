@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reverse-proxy benchmark: camgate against nginx, Apache, Caddy and HAProxy, each terminating TLS 1.3 for
-# bench.test (one self-signed P-256 leaf) and proxying to the same upstream, fake-dvr, over keep-alive
-# pools. Method and anchor numbers: /work/shared/notes/bench-method.md. In short:
-# - the proxy under test is pinned to CPU 0; wrk/h2load, the Python clients and fake-dvr to CPU 1;
+# bench.test (one self-signed P-256 leaf) and proxying to the same upstream (a static nginx; MJPEG from
+# fake-dvr behind it) over keep-alive pools. Method and anchor numbers: /work/shared/notes/bench-method.md.
+# In short:
+# - the proxy under test is pinned to CPU 0; wrk/h2load, the Python clients and the upstream to CPU 1;
 # - rounds interleave all five servers (each test on a freshly started server), and each figure is
 #   compared with nginx's *within* a round, then the median of those ratios is reported (host speed drifts);
 # - efficiency is proxy CPU microseconds per request (utime+stime of the proxy's process tree), because the
@@ -94,7 +95,7 @@ results=${RESULTS:-/tmp/camgate-proxy-bench.jsonl}
 : >"$results"
 
 # Fixed ports: the network namespace is ours alone.
-upstream_port=8080
+upstream_port=8080 mjpeg_port=8081
 declare -A port=([nginx]=8441 [haproxy]=8442 [apache]=8443 [caddy]=8444 [camgate]=8445)
 camgate_admin_port=8446 camgate_http_port=8447
 
@@ -170,15 +171,50 @@ EOF
 # --- Upstream --------------------------------------------------------------------------------------------
 
 start_upstream() {
-  # fake-dvr is thread-per-connection; on CPU 1 with the load generator, as in bench-method.md. Its request
-  # log goes to /dev/null: writing it would make the upstream, not the proxy, the cost being measured.
-  spawn 1 "$work/fake-dvr.log" "$FAKE_DVR_BIN" --listen "127.0.0.1:$upstream_port" --log /dev/null
+  # The upstream must be faster than every proxy, or it, not the proxy, is measured: a static nginx
+  # (one process, no master) answers /bytes from a 1 KiB file on CPU 1 with the load generator, as in
+  # bench-method.md. Only /video.mjpg goes on to fake-dvr (endless paced MJPEG), unbuffered.
+  head -c 1024 /dev/urandom >"$work/1k.bin"
+  mkdir -p "$work/upstream"
+  cat >"$work/upstream/nginx.conf" <<EOF
+master_process off;
+daemon off;
+worker_rlimit_nofile 20000;
+pid $work/upstream/nginx.pid;
+error_log $work/upstream/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  server {
+    listen 127.0.0.1:$upstream_port;
+    location = /bytes { default_type application/octet-stream; alias $work/1k.bin; }
+    location = /video.mjpg {
+      proxy_pass http://127.0.0.1:$mjpeg_port;
+      proxy_buffering off;
+      proxy_read_timeout 300s;
+    }
+  }
+}
+EOF
+  spawn 1 "$work/fake-dvr.log" "$FAKE_DVR_BIN" --listen "127.0.0.1:$mjpeg_port" --log /dev/null
   for _ in $(seq 100); do
-    grep -q '^listening' "$work/fake-dvr.log" && return 0
+    grep -q '^listening' "$work/fake-dvr.log" && break
     sleep 0.1
   done
-  echo "proxy.sh: fake-dvr did not start:" >&2
-  cat "$work/fake-dvr.log" >&2
+  grep -q '^listening' "$work/fake-dvr.log" || {
+    echo "proxy.sh: fake-dvr did not start:" >&2
+    cat "$work/fake-dvr.log" >&2
+    exit 1
+  }
+  spawn 1 "$work/upstream/stderr.log" nginx -c "$work/upstream/nginx.conf"
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$upstream_port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "proxy.sh: the upstream nginx did not start:" >&2
+  cat "$work/upstream/stderr.log" "$work/upstream/error.log" >&2
   exit 1
 }
 
@@ -417,7 +453,7 @@ measure() {
 make_cert
 start_upstream
 upstream_pid=$server_pid
-echo "proxy.sh: $rounds round(s) of: $servers; upstream fake-dvr pid $upstream_pid; results in $results" >&2
+echo "proxy.sh: $rounds round(s) of: $servers; upstream nginx pid $upstream_pid; results in $results" >&2
 for round in $(seq "$rounds"); do
   for s in $servers; do
     measure "$s"

@@ -600,7 +600,7 @@ def cmd_report(args):
 
     n = len(rounds)
     print(f"\nMedians over {n} interleaved round(s); xnginx (and xHAProxy) = median of the per-round ratios.")
-    print("Proxy pinned to CPU 0; wrk/h2load/Python clients and fake-dvr upstream on CPU 1. "
+    print("Proxy pinned to CPU 0; wrk/h2load/Python clients and the upstream (static nginx; fake-dvr behind it for MJPEG) on CPU 1. "
           "'load CPU1' = how busy the client side was.")
 
     # 1. HTTP/1.1
@@ -671,10 +671,10 @@ def cmd_report(args):
     if shares:
         up, gen, busy = (statistics.median(x) for x in zip(*shares))
         print(f"\nLoad side (CPU 1) in the HTTP/1.1 and HTTP/2 runs, median: {busy:.0f} % busy, of which upstream "
-              f"(fake-dvr) {up:.0f} %, wrk/h2load {gen:.0f} %.")
+              f"{up:.0f} %, wrk/h2load {gen:.0f} %.")
         if up > gen:
             upstream_bound = True
-            notes.append(f"the upstream (fake-dvr) took more of CPU 1 than wrk/h2load ({up:.0f} % vs {gen:.0f} %): "
+            notes.append(f"the upstream took more of CPU 1 than wrk/h2load ({up:.0f} % vs {gen:.0f} %): "
                          "the upstream, not the client, caps req/s, and its threads' scheduling on CPU 1 shows "
                          "in p99; compare proxies by CPU us/request")
 

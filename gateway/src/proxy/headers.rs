@@ -3,7 +3,7 @@
 //! stripping, the forwarded-for headers, and rewriting the upstream's own
 //! address in redirects (Apache's `ProxyPassReverse`).
 
-use std::fmt::Write as _;
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -138,26 +138,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
+    remove_where(headers, |name| {
+        HOP_BY_HOP.contains(name) || name == header::UPGRADE || named.contains(name)
+    });
 }
 
+/// One scan over the names present instead of a lookup per unwanted name:
+/// requests carry a handful of headers, the lists here are longer.
+fn remove_where(headers: &mut HeaderMap, unwanted: impl Fn(&HeaderName) -> bool) {
+    let doomed: Vec<HeaderName> = headers.keys().filter(|name| unwanted(name)).cloned().collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// Headers through which a client could claim another address or scheme.
-const CLIENT_CLAIMS: [&str; 12] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-real-ip",
-    "x-client-ip",
-    "x-cluster-client-ip",
-    "cf-connecting-ip",
-    "true-client-ip",
-    "fastly-client-ip",
+const CLIENT_CLAIMS: [HeaderName; 12] = [
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_PORT,
+    HeaderName::from_static("x-forwarded-server"),
+    X_REAL_IP,
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("fastly-client-ip"),
 ];
 
 /// The client's address: the socket's, or, when the socket peer is a
@@ -168,7 +182,7 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> I
         return peer.to_canonical();
     }
     let chain: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
@@ -198,41 +212,42 @@ pub struct ForwardedFacts<'a> {
 pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
     let received_chain = facts.via_trusted_proxy.and_then(|_| {
         let entries: Vec<&str> = headers
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .collect();
         (!entries.is_empty()).then(|| entries.join(", "))
     });
-    for name in CLIENT_CLAIMS {
-        headers.remove(name);
-    }
+    remove_where(headers, |name| CLIENT_CLAIMS.contains(name));
     let proto = if facts.https { "https" } else { "http" };
     let client = facts.client.to_string();
-    let xff = match (received_chain, facts.via_trusted_proxy) {
-        (Some(chain), Some(peer)) => format!("{chain}, {peer}"),
-        _ => client.clone(),
+    let forwarded = match facts.client {
+        IpAddr::V4(_) => format!("for={client};proto={proto};host=\"{}\"", facts.host.original),
+        IpAddr::V6(_) => format!(
+            "for=\"[{client}]\";proto={proto};host=\"{}\"",
+            facts.host.original
+        ),
     };
-    let mut forwarded = String::from("for=");
-    match facts.client {
-        IpAddr::V4(ip) => {
-            let _ = write!(forwarded, "{ip}");
-        }
-        IpAddr::V6(ip) => {
-            let _ = write!(forwarded, "\"[{ip}]\"");
-        }
-    }
-    let _ = write!(forwarded, ";proto={proto};host=\"{}\"", facts.host.original);
+    let Ok(client) = HeaderValue::try_from(client) else {
+        unreachable!("an IP address is a valid header value")
+    };
+    let xff = match (received_chain, facts.via_trusted_proxy) {
+        (Some(chain), Some(peer)) => HeaderValue::try_from(format!("{chain}, {peer}")).ok(),
+        _ => Some(client.clone()),
+    };
+    // Host and forwarded come from a parsed Host header, so they are valid
+    // header values; a failure would only omit the header.
+    let host = HeaderValue::try_from(facts.host.original.as_str()).ok();
     let values = [
-        ("x-forwarded-for", xff),
-        ("x-forwarded-proto", proto.to_owned()),
-        ("x-forwarded-host", facts.host.original.clone()),
-        ("x-forwarded-port", facts.port.to_string()),
-        ("x-real-ip", client),
-        ("forwarded", forwarded),
+        (X_FORWARDED_FOR, xff),
+        (X_FORWARDED_PROTO, Some(HeaderValue::from_static(proto))),
+        (X_FORWARDED_HOST, host),
+        (X_FORWARDED_PORT, Some(HeaderValue::from(facts.port))),
+        (X_REAL_IP, Some(client)),
+        (header::FORWARDED, HeaderValue::try_from(forwarded).ok()),
     ];
     for (name, value) in values {
-        if let Ok(value) = HeaderValue::try_from(value) {
+        if let Some(value) = value {
             headers.insert(name, value);
         }
     }
@@ -294,6 +309,22 @@ pub fn origins_of(uri: &Uri) -> Vec<String> {
 /// (`?token=` for MJPEG embeds, `?auth=`, `?session=`, `?password=`…).
 const SECRET_KEY_PARTS: [&str; 7] = ["token", "auth", "session", "passw", "pwd", "key", "secret"];
 
+/// The query without parameter `name` (decoded as `auth::presented`
+/// decodes it), other parameters byte for byte; `None` if nothing is left.
+pub fn without_query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
+    let query = query?;
+    let is_named = |pair: &str| {
+        form_urlencoded::parse(pair.as_bytes())
+            .next()
+            .is_some_and(|(k, _)| k == name)
+    };
+    if !query.split('&').any(is_named) {
+        return Some(Cow::Borrowed(query));
+    }
+    let kept: Vec<&str> = query.split('&').filter(|pair| !is_named(pair)).collect();
+    (!kept.is_empty()).then(|| Cow::Owned(kept.join("&")))
+}
+
 /// The query with the values of secret-looking parameters replaced.
 pub fn scrub_query(query: &str) -> String {
     query
@@ -316,6 +347,22 @@ pub fn scrub_query(query: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_named_parameter_leaves_the_query() {
+        let strip = |q: Option<&str>| without_query_param(q, "token").map(Cow::into_owned);
+        assert_eq!(strip(None), None);
+        assert_eq!(strip(Some("oids=1&size=2")).as_deref(), Some("oids=1&size=2"));
+        assert_eq!(
+            strip(Some("oids=1&token=cgt_x&a=%2F")).as_deref(),
+            Some("oids=1&a=%2F")
+        );
+        assert_eq!(strip(Some("t%6Fken=cgt_x&token&token=y")), None);
+        assert_eq!(
+            strip(Some("tokens=1&x_token=2")).as_deref(),
+            Some("tokens=1&x_token=2")
+        );
+    }
 
     fn request(target: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut builder = Request::builder().uri(target);
