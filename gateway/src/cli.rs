@@ -76,6 +76,14 @@ enum Command {
         /// `METHOD TARGET`, e.g. 'GET /video.mjpg?oids=1'.
         request: String,
     },
+    /// Read a password from standard input (no echo on a terminal) and
+    /// print its argon2id hash for a `[[user]]` `password_hash`.
+    HashPassword,
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// List the built-in DVR profiles, or print one.
     Profiles {
         #[command(subcommand)]
@@ -83,6 +91,28 @@ enum Command {
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Add a `[[token]]` to the config (through the config store, so an
+    /// invalid result is never written) and print its secret, once.
+    Create {
+        /// The token's name, as rules' `tokens` lists refer to it.
+        name: String,
+        #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The `[[site]]` the token is for.
+        #[arg(long)]
+        site: String,
+        /// `rule:NAME`, or a path glob with optional pinned query values
+        /// (`/video.mjpg?oids=1`). Repeat for more.
+        #[arg(long, required = true)]
+        scope: Vec<String>,
+        /// RFC 3339 expiry, e.g. 2027-01-31T00:00:00Z.
+        #[arg(long)]
+        expires: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +168,17 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        Command::HashPassword => hash_password(),
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    name,
+                    config,
+                    site,
+                    scope,
+                    expires,
+                },
+        } => create_token(&config, &name, &site, &scope, expires.as_deref()),
         Command::Version => {
             println!("camgate {}", crate::VERSION);
             ExitCode::SUCCESS
@@ -295,4 +336,92 @@ fn explain(
     };
     println!("decision: {} ({outcome}): {}", e.decision, e.reason);
     ExitCode::SUCCESS
+}
+
+fn hash_password() -> ExitCode {
+    use std::io::BufRead as _;
+    // Bytes, not text: Basic auth carries the password as bytes.
+    let password = if std::io::stdin().is_terminal() {
+        eprint!("Password: ");
+        rpassword::read_password().map(String::into_bytes)
+    } else {
+        let mut line = Vec::new();
+        std::io::stdin().lock().read_until(b'\n', &mut line).map(|_| line)
+    };
+    let mut password = match password {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("camgate: cannot read the password: {e}");
+            return ExitCode::from(EXIT_OS);
+        }
+    };
+    while password.last().is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+        password.pop();
+    }
+    match crate::auth::password::hash(&password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("camgate: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn create_token(
+    path: &std::path::Path,
+    name: &str,
+    site: &str,
+    scope: &[String],
+    expires: Option<&str>,
+) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("camgate: cannot read {}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (secret, digest) = match crate::auth::token::generate() {
+        Ok(generated) => generated,
+        Err(e) => {
+            eprintln!("camgate: no randomness for the secret: {e}");
+            return ExitCode::from(EXIT_OS);
+        }
+    };
+    let quote = |value: &str| toml::Value::String(value.to_owned()).to_string();
+    let scope: Vec<String> = scope.iter().map(|entry| quote(entry)).collect();
+    let mut block = format!(
+        "\n[[token]]\nname = {}\nsecret_sha256 = \"{}\"\nsite = {}\nscope = [{}]\n",
+        quote(name),
+        crate::auth::token::hex(&digest),
+        quote(site),
+        scope.join(", "),
+    );
+    if let Some(expires) = expires {
+        block.push_str(&format!("expires = {}\n", quote(expires)));
+    }
+    let separator = if text.ends_with('\n') || text.is_empty() {
+        ""
+    } else {
+        "\n"
+    };
+    let store = config::store::ConfigStore::new(path, Overrides::default());
+    match store.save(&format!("{text}{separator}{block}")) {
+        Ok(_) => {
+            eprintln!(
+                "camgate: token {name:?} added to {}; reload camgate (systemctl reload camgate) to use it. \
+                 The secret is shown only now:",
+                path.display()
+            );
+            println!("{secret}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("camgate: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }

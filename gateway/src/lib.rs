@@ -6,6 +6,7 @@
 //! - [`config`]: the TOML file → validated [`config::Config`]; the config store.
 //! - [`daemon`]: start, reload (two-phase), drain; systemd notifications.
 //! - [`admin`]: the admin HTTP listener (health, status, metrics).
+//! - [`auth`]: users, API tokens and the brute-force guard for `auth` rules.
 //! - [`shutdown`]: the one drain mechanism.
 //! - [`telemetry`]: logging setup.
 //! - [`setup`]: setup mode's one-time code.
@@ -15,6 +16,7 @@
 //! See ARCHITECTURE.md at the repository root for the invariants.
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;

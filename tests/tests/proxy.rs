@@ -893,3 +893,149 @@ fn https_upstreams_are_checked_against_their_pinned_fingerprint() {
         .collect();
     assert_eq!(reached, ["p1", "p2"]);
 }
+
+/// `camgate hash-password` and `camgate token create`, run as a user would.
+fn credentials_config(dir: &Path) -> (String, String) {
+    let mut hash = Command::new(camgate_tests::camgate::binary())
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    hash.stdin.take().unwrap().write_all(b"correct horse\n").unwrap();
+    let output = hash.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let phc = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+
+    let users = format!("[[user]]\nname = \"alice\"\npassword_hash = \"{phc}\"\n");
+    let path = dir.join("token.toml");
+    let site = format!(
+        "[daemon]\nmode = \"dev\"\n[[site]]\nname = \"agentdvr\"\nhosts = [\"agentdvr.test\"]\nupstream = \"{DVR}\"\nprofile = \"agentdvr\"\n"
+    );
+    std::fs::write(&path, &site).unwrap();
+    let created = Command::new(camgate_tests::camgate::binary())
+        .args([
+            "token",
+            "create",
+            "ha",
+            "--site",
+            "agentdvr",
+            "--scope",
+            "/grab.jpg?oids=1",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let secret = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(!written.contains(&secret), "the config keeps only the digest");
+    let token_block = written.strip_prefix(&site).unwrap().to_owned();
+    (format!("{users}{token_block}"), secret)
+}
+
+fn with_header(target: &str, id: &str, header: &str) -> Vec<u8> {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: agentdvr.test\r\nX-Test-Id: {id}\r\n{header}Connection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Authorization: Basic {encoded}\r\n")
+}
+
+#[test]
+fn users_and_tokens_open_auth_rules_and_never_reach_the_dvr() {
+    let dir = tempfile::tempdir().unwrap();
+    let (credentials, secret) = credentials_config(dir.path());
+    let lab = Lab::start("auth", &format!("{credentials}[auth]\nban_after_failures = 5\n"));
+    let host = "agentdvr.test";
+    let ask = |from: &str, target: &str, id: &str, header: &str| {
+        lab.raw(from, host, &with_header(target, id, header))
+    };
+
+    // No credentials: 401 with both challenges; nothing reaches the DVR.
+    let missing = ask("wan", "/grab.jpg", "a0", "");
+    assert_eq!(missing.status(), 401, "{}", missing.text());
+    let head = missing.text().to_ascii_lowercase();
+    assert!(
+        head.contains("www-authenticate: basic realm=\"camgate agentdvr\""),
+        "{head}"
+    );
+    assert!(head.contains("www-authenticate: bearer realm="), "{head}");
+    assert!(lab.dvr.received_with_id("a0").is_empty());
+
+    // A user: 200, and the DVR never sees the Authorization header.
+    assert_eq!(
+        ask("wan", "/grab.jpg", "a1", &basic("alice", "correct horse")).status(),
+        200
+    );
+    let seen = &lab.dvr.received_with_id("a1")[0];
+    assert_eq!(seen.header("authorization"), None);
+
+    // The token in scope, as header and as query: the DVR sees neither.
+    let bearer = format!("Authorization: Bearer {secret}\r\n");
+    assert_eq!(ask("wan", "/grab.jpg?oids=1", "t1", &bearer).status(), 200);
+    assert_eq!(lab.dvr.received_with_id("t1")[0].header("authorization"), None);
+    let query = format!("/grab.jpg?oids=1&token={secret}");
+    assert_eq!(ask("wan", &query, "t2", "").status(), 200);
+    assert_eq!(lab.dvr.received_with_id("t2")[0].target, "/grab.jpg?oids=1");
+    // Out of scope (another camera, another path, smuggled spellings): 403, nothing forwarded.
+    for (i, target) in [
+        "/grab.jpg?oids=2",
+        "/grab.jpg?oids=1&oids=2",
+        "/video.mp4?oids=1",
+        "/x/../grab.jpg%3Foids=1",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = format!("t-out{i}");
+        let status = ask("wan", target, &id, &bearer).status();
+        assert!(status == 403 || status == 400, "{target}: {status}");
+        assert!(
+            lab.dvr.received_with_id(&id).is_empty(),
+            "{target} reached the DVR"
+        );
+    }
+
+    // The LAN passes on its address: wrong passwords neither count nor
+    // reach the DVR.
+    for i in 0..8 {
+        let id = format!("l{i}");
+        assert_eq!(
+            ask("lan", "/grab.jpg", &id, &basic("alice", "wrong")).status(),
+            200
+        );
+        assert_eq!(lab.dvr.received_with_id(&id)[0].header("authorization"), None);
+    }
+
+    // The WAN: 5 wrong passwords ban the address; then even the right one gets 429.
+    let statuses: Vec<u16> = (0..5)
+        .map(|i| ask("wan", "/grab.jpg", &format!("w{i}"), &basic("alice", "guess")).status())
+        .collect();
+    assert_eq!(statuses, [401, 401, 401, 401, 429]);
+    let banned = ask("wan", "/grab.jpg", "w-ok", &basic("alice", "correct horse"));
+    assert_eq!(banned.status(), 429);
+    assert!(
+        banned
+            .header("retry-after")
+            .is_some_and(|s| s.parse::<u64>().unwrap() >= 1)
+    );
+    assert!(lab.dvr.received_with_id("w-ok").is_empty());
+    // The audit log names the user and address, never the password.
+    let log = lab.camgate.stderr();
+    assert!(
+        log.contains("address banned") && log.contains("203.0.113.2"),
+        "{log}"
+    );
+    assert!(!log.contains("correct horse") && !log.contains("guess") && !log.contains(&secret));
+}

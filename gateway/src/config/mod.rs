@@ -9,6 +9,7 @@
 //! Every error names the file, line, column and key (see [`error`]). The only
 //! code that writes the file is [`store::ConfigStore`].
 
+pub mod auth;
 pub mod error;
 pub mod proxy;
 pub(crate) mod raw;

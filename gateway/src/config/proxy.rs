@@ -1,7 +1,7 @@
 //! Stage two for `[proxy]`, `[[site]]` and rules (site rules and the
 //! built-in profiles' rules go through the same [`compile_rules`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -176,7 +176,14 @@ fn builtin_sets() -> BTreeMap<String, NetSet> {
     ])
 }
 
-pub(super) fn sites(raw: Vec<RawSite>, proxy: &Proxy) -> Result<Vec<Site>, Problem> {
+/// The user and token names rules may refer to.
+#[derive(Debug, Default)]
+pub(crate) struct Principals {
+    pub(crate) users: BTreeSet<String>,
+    pub(crate) tokens: BTreeSet<String>,
+}
+
+pub(super) fn sites(raw: Vec<RawSite>, proxy: &Proxy, principals: &Principals) -> Result<Vec<Site>, Problem> {
     let mut sites = Vec::with_capacity(raw.len());
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut hosts: HashMap<String, String> = HashMap::new();
@@ -198,7 +205,7 @@ pub(super) fn sites(raw: Vec<RawSite>, proxy: &Proxy) -> Result<Vec<Site>, Probl
             ));
         }
         let host_spans: Vec<_> = raw.hosts.get_ref().iter().map(Spanned::span).collect();
-        let site = site(raw, index, proxy)?;
+        let site = site(raw, index, proxy, principals)?;
         for (i, (host, span)) in site.hosts.iter().zip(host_spans).enumerate() {
             if let Some(other) = hosts.insert(host.clone(), site.name.clone()) {
                 return Err(Problem::new(
@@ -213,7 +220,7 @@ pub(super) fn sites(raw: Vec<RawSite>, proxy: &Proxy) -> Result<Vec<Site>, Probl
     Ok(sites)
 }
 
-fn site(raw: RawSite, index: usize, proxy: &Proxy) -> Result<Site, Problem> {
+fn site(raw: RawSite, index: usize, proxy: &Proxy, principals: &Principals) -> Result<Site, Problem> {
     let key = |field: &str| format!("site[{index}].{field}");
     let profile_name = raw.profile.as_ref().map_or("generic", |p| p.get_ref().as_str());
     let profile = profiles::get(profile_name).ok_or_else(|| {
@@ -275,6 +282,7 @@ fn site(raw: RawSite, index: usize, proxy: &Proxy) -> Result<Site, Problem> {
 
     let context = RuleContext {
         sets: &proxy.sets,
+        principals,
         case_insensitive: profile.case_insensitive,
         upstream: &uri,
     };
@@ -395,6 +403,8 @@ fn fingerprint(text: &str) -> Option<[u8; 32]> {
 #[derive(Debug)]
 pub(crate) struct RuleContext<'a> {
     pub(crate) sets: &'a BTreeMap<String, NetSet>,
+    /// `[[user]]` and `[[token]]` names a rule may list (besides `*`).
+    pub(crate) principals: &'a Principals,
     pub(crate) case_insensitive: bool,
     pub(crate) upstream: &'a Uri,
 }
@@ -471,8 +481,18 @@ fn compile_rule(
                 .flatten()
                 .map(|entry| net_set(entry, context.sets, &key("from")))
                 .collect::<Result<Vec<_>, _>>()?;
-            let users = names(raw.users.as_ref(), &key("users"))?;
-            let tokens = names(raw.tokens.as_ref(), &key("tokens"))?;
+            let users = names(
+                raw.users.as_ref(),
+                &context.principals.users,
+                "user",
+                &key("users"),
+            )?;
+            let tokens = names(
+                raw.tokens.as_ref(),
+                &context.principals.tokens,
+                "token",
+                &key("tokens"),
+            )?;
             if from.is_empty() && users.is_empty() && tokens.is_empty() {
                 return Err(Problem::new(
                     action_span,
@@ -519,12 +539,20 @@ fn compile_rule(
             "only rules that pass requests can route them",
         ));
     }
+    if raw.pass_authorization.is_some() && !matches!(action, Action::Auth(_)) {
+        return Err(Problem::new(
+            action_span,
+            key("pass_authorization"),
+            "`pass_authorization` belongs to `action = \"auth\"`",
+        ));
+    }
     Ok(Rule {
         name,
         source,
         matcher,
         action,
         upstream,
+        pass_authorization: raw.pass_authorization.unwrap_or(false),
     })
 }
 
@@ -646,18 +674,24 @@ fn net_set(entry: &Spanned<String>, sets: &BTreeMap<String, NetSet>, key: &str) 
     })
 }
 
-fn names(list: Option<&Vec<Spanned<String>>>, key: &str) -> Result<Vec<String>, Problem> {
+fn names(
+    list: Option<&Vec<Spanned<String>>>,
+    known: &BTreeSet<String>,
+    kind: &str,
+    key: &str,
+) -> Result<Vec<String>, Problem> {
     list.into_iter()
         .flatten()
         .map(|name| {
             let text = name.get_ref();
-            if text == "*" || is_identifier(text) {
+            if text == "*" || known.contains(text) {
                 Ok(text.clone())
             } else {
+                // A typo here would silently lock everyone out of the rule.
                 Err(Problem::new(
                     name.span(),
                     key,
-                    format!("{text:?}: names use a-z, 0-9, '-' and '_', or \"*\" for any"),
+                    format!("no [[{kind}]] is named {text:?} (\"*\" means any {kind})"),
                 ))
             }
         })
@@ -679,7 +713,7 @@ fn network(value: &Spanned<String>, key: &str) -> Result<IpNet, Problem> {
         })
 }
 
-fn is_identifier(name: &str) -> bool {
+pub(super) fn is_identifier(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

@@ -22,6 +22,51 @@ pub(super) struct RawConfig {
     pub(super) proxy: RawProxy,
     #[serde(default, rename = "site")]
     pub(super) sites: Vec<RawSite>,
+    #[serde(default)]
+    pub(super) auth: RawAuth,
+    #[serde(default, rename = "user")]
+    pub(super) users: Vec<RawUser>,
+    #[serde(default, rename = "token")]
+    pub(super) tokens: Vec<RawToken>,
+}
+
+/// `[auth]`: the brute-force guard.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an [auth] table")]
+pub(super) struct RawAuth {
+    /// Failures within `failure_window` that ban an address. Default 10.
+    pub(super) ban_after_failures: Option<Spanned<u32>>,
+    /// Default `"10m"`.
+    pub(super) failure_window: Option<Spanned<String>>,
+    /// The first ban; each repeat doubles it. Default `"1m"`.
+    pub(super) ban_time: Option<Spanned<String>>,
+    /// Default `"24h"`.
+    pub(super) max_ban_time: Option<Spanned<String>>,
+}
+
+/// `[[user]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[user]] table")]
+pub(super) struct RawUser {
+    pub(super) name: Spanned<String>,
+    /// argon2id PHC string from `camgate hash-password`.
+    pub(super) password_hash: Spanned<String>,
+    /// `"viewer"` (default) or `"admin"`.
+    pub(super) role: Option<Spanned<String>>,
+}
+
+/// `[[token]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[token]] table")]
+pub(super) struct RawToken {
+    pub(super) name: Spanned<String>,
+    /// SHA-256 of the secret, hex; `camgate token create` prints it.
+    pub(super) secret_sha256: Spanned<String>,
+    pub(super) site: Spanned<String>,
+    /// `rule:NAME` or path globs with optional pinned query values.
+    pub(super) scope: Spanned<Vec<Spanned<String>>>,
+    /// RFC 3339, e.g. `"2027-01-31T00:00:00Z"`.
+    pub(super) expires: Option<Spanned<String>>,
 }
 
 /// `[daemon]`
@@ -105,6 +150,9 @@ pub(crate) struct RawRule {
     pub(crate) from: Option<Vec<Spanned<String>>>,
     pub(crate) users: Option<Vec<Spanned<String>>>,
     pub(crate) tokens: Option<Vec<Spanned<String>>>,
+    /// For `auth`: forward the client's `Authorization` header (DVRs that
+    /// do their own basic auth). Default false: camgate strips it.
+    pub(crate) pass_authorization: Option<bool>,
     /// Send matching requests to this port of the site's upstream host.
     pub(crate) upstream_port: Option<Spanned<u16>>,
     /// Send matching requests to this URL instead of the site's upstream.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::Overrides;
+use super::auth::{self, Auth};
 use super::error::Problem;
 use super::proxy::{self, Proxy, Site};
 use super::raw::{RawAdmin, RawConfig, RawDaemon};
@@ -46,6 +47,7 @@ pub struct Config {
     pub admin: Admin,
     pub proxy: Proxy,
     pub sites: Vec<Site>,
+    pub auth: Auth,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,12 +88,17 @@ pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, P
     let daemon = daemon(raw.daemon, mode)?;
     let admin = admin(raw.admin, mode)?;
     let proxy = proxy::proxy(raw.proxy, mode)?;
-    let sites = proxy::sites(raw.sites, &proxy)?;
+    let principals = auth::principals(&raw.users, &raw.tokens);
+    let users = auth::users(raw.users)?;
+    let sites = proxy::sites(raw.sites, &proxy, &principals)?;
+    let tokens = auth::tokens(raw.tokens, &sites)?;
+    let guard = auth::guard(raw.auth)?;
     let config = Config {
         daemon,
         admin,
         proxy,
         sites,
+        auth: Auth { users, tokens, guard },
     };
     check_listener_clashes(&config)?;
     Ok(config)

@@ -38,11 +38,20 @@ pub const FORBIDDEN: Problem = Problem::new(
     "forbidden",
     "This address is not open to you.",
 );
-/// `auth` rules until camgate has credentials: only their `from` sets pass.
-pub const NEEDS_LOCAL_NETWORK: Problem = Problem::new(
+pub const UNAUTHORIZED: Problem = Problem::new(
+    StatusCode::UNAUTHORIZED,
+    "unauthorized",
+    "Sign in, or send a valid API token, to open this address.",
+);
+pub const NOT_PERMITTED: Problem = Problem::new(
     StatusCode::FORBIDDEN,
     "forbidden",
-    "This address is only open from the local network.",
+    "Your credentials are valid but do not open this address.",
+);
+pub const BANNED: Problem = Problem::new(
+    StatusCode::TOO_MANY_REQUESTS,
+    "banned",
+    "Too many failed sign-ins from your address. Wait before trying again.",
 );
 pub const NOT_FOUND: Problem = Problem::new(StatusCode::NOT_FOUND, "not_found", "There is nothing here.");
 pub const UNKNOWN_SITE: Problem = Problem::new(

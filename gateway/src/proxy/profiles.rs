@@ -111,6 +111,7 @@ impl Profile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::proxy::Principals;
     use crate::config::{Config, Overrides};
 
     #[test]
@@ -120,6 +121,7 @@ mod tests {
         for profile in all() {
             let context = RuleContext {
                 sets: &config.proxy.sets,
+                principals: &Principals::default(),
                 case_insensitive: profile.case_insensitive,
                 upstream: &upstream,
             };

@@ -38,6 +38,8 @@ pub struct Rule {
     pub action: Action,
     /// Where matching requests go instead of the site's upstream.
     pub upstream: Option<RuleUpstream>,
+    /// `auth` rules: forward the client's `Authorization` header.
+    pub pass_authorization: bool,
 }
 
 /// Another port or URL of the same DVR (motion 4.x serves streams on a
@@ -359,6 +361,7 @@ mod tests {
             },
             action,
             upstream: None,
+            pass_authorization: false,
         }
     }
 

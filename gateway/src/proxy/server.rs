@@ -25,8 +25,9 @@ use super::evaluate::evaluate;
 use super::headers::{self, ForwardedFacts, RequestHost};
 use super::pages;
 use super::path::CanonicalPath;
-use super::rules::{RuleUpstream, Verdict};
+use super::rules::{Action, NetSet, RuleUpstream, Verdict};
 use super::upstream::{self, ClientSettings, UpstreamBody, UpstreamClient, UpstreamError};
+use crate::auth::{self, Attempt, AuthShared, Credentials, GuardSettings, NoSink, Outcome};
 use crate::config::Config;
 use crate::daemon::{SubsystemState, SubsystemStatus};
 use crate::net::{
@@ -81,6 +82,9 @@ struct ProxyState {
     trusted_proxies: Vec<IpNet>,
     /// Where the HTTP listener redirects to.
     https_port: Option<u16>,
+    credentials: Credentials,
+    /// Bans and the password-verification pool: kept across reloads.
+    auth: Arc<AuthShared>,
 }
 
 #[derive(Debug)]
@@ -96,12 +100,14 @@ struct SiteProxy {
     in_flight: Arc<Semaphore>,
     /// `Strict-Transport-Security`, only for sites with a real certificate.
     hsts: Option<HeaderValue>,
+    /// The networks of the site's `auth` rules (its LAN): never banned.
+    exempt: Vec<NetSet>,
 }
 
 impl ProxyState {
     /// Builds the state for `config`, reusing `old`'s clients (and their
     /// connection pools) for sites whose client settings did not change.
-    fn build(config: &Config, old: Option<&Self>) -> Result<Self, ProxyError> {
+    fn build(config: &Config, old: Option<&Self>, auth: &Arc<AuthShared>) -> Result<Self, ProxyError> {
         let max_age = config.proxy.hsts_max_age.as_secs();
         let hsts = (max_age > 0).then(|| {
             HeaderValue::try_from(format!("max-age={max_age}")).expect("digits are a valid header value")
@@ -141,6 +147,7 @@ impl ProxyState {
                 origins,
                 in_flight,
                 hsts: site.certificate.as_ref().and(hsts.clone()),
+                exempt: exempt_networks(site),
             });
             for host in &site.hosts {
                 by_host.insert(host.clone(), Arc::clone(&proxy));
@@ -151,8 +158,26 @@ impl ProxyState {
             site_count: config.sites.len(),
             trusted_proxies: config.proxy.trusted_proxies.clone(),
             https_port: config.proxy.https_listen.first().map(SocketAddr::port),
+            credentials: Credentials::new(&config.auth.users, &config.auth.tokens),
+            auth: Arc::clone(auth),
         })
     }
+}
+
+/// Every `from` set of the site's `auth` rules: clients there already pass
+/// those rules without credentials, so their typos never ban anyone.
+fn exempt_networks(site: &crate::config::Site) -> Vec<NetSet> {
+    let mut sets: Vec<NetSet> = Vec::new();
+    for rule in &site.rules.rules {
+        if let Action::Auth(requirement) = &rule.action {
+            for set in &requirement.from {
+                if !sets.contains(set) {
+                    sets.push(set.clone());
+                }
+            }
+        }
+    }
+    sets
 }
 
 /// Where a rule sends requests: its URL, or the site's upstream host on
@@ -180,6 +205,7 @@ pub struct ProxyServer {
     state: Arc<ArcSwap<ProxyState>>,
     resolver: Arc<CertResolver>,
     tls: Arc<rustls::ServerConfig>,
+    auth: Arc<AuthShared>,
 }
 
 /// A new config, prepared: listeners bound, certificates loaded, clients
@@ -190,6 +216,7 @@ pub struct StagedProxy {
     http: StagedListeners,
     state: ProxyState,
     certificates: CertTable,
+    guard: GuardSettings,
 }
 
 impl ProxyServer {
@@ -204,7 +231,9 @@ impl ProxyServer {
             &config.daemon.state_dir,
         )?));
         let tls = tls::server_config(Arc::clone(&resolver))?;
-        let state = Arc::new(ArcSwap::from_pointee(ProxyState::build(config, None)?));
+        // The firewall's ban set plugs in here once camgate manages nftables.
+        let auth = Arc::new(AuthShared::new(config.auth.guard, Box::new(NoSink)));
+        let state = Arc::new(ArcSwap::from_pointee(ProxyState::build(config, None, &auth)?));
         let https = ListenerSet::start(HTTPS_LISTENER, https, &|listener| {
             serve(&state, &tls, true, listener, drain)
         })?;
@@ -217,6 +246,7 @@ impl ProxyServer {
             state,
             resolver,
             tls,
+            auth,
         })
     }
 
@@ -224,13 +254,15 @@ impl ProxyServer {
         Ok(StagedProxy {
             https: self.https.stage(&config.proxy.https_listen)?,
             http: self.http.stage(&config.proxy.http_listen)?,
-            state: ProxyState::build(config, Some(&self.state.load()))?,
+            state: ProxyState::build(config, Some(&self.state.load()), &self.auth)?,
             certificates: CertTable::load(&config.sites, &config.daemon.state_dir)?,
+            guard: config.auth.guard,
         })
     }
 
     pub async fn commit(&mut self, staged: StagedProxy, drain: &Drain) {
         self.resolver.replace(staged.certificates);
+        self.auth.guard.configure(staged.guard);
         self.state.store(Arc::new(staged.state));
         let (state, tls) = (&self.state, &self.tls);
         self.https
@@ -424,8 +456,8 @@ impl Handler {
             None,
         );
         log.decision = evaluation.label();
-        let decision = match (&evaluation.path, &evaluation.decision) {
-            (Ok(_), Some(decision)) => decision,
+        let (path, decision) = match (&evaluation.path, &evaluation.decision) {
+            (Ok(path), Some(decision)) => (path, decision),
             (Err(e), _) => {
                 log.why = Some(e.to_string());
                 return pages::respond(pages::BAD_REQUEST, html);
@@ -434,18 +466,50 @@ impl Handler {
         };
         let rule = decision.rule.map(|i| &site.site.rules.rules[i]);
         log.rule = rule.map(|rule| rule.name.as_str());
-        let problem = match decision.verdict {
-            Verdict::Allow => None,
-            Verdict::Deny { status: 404 } => Some(pages::NOT_FOUND),
-            Verdict::Deny { .. } => Some(pages::FORBIDDEN),
-            Verdict::NeedsCredentials => Some(pages::NEEDS_LOCAL_NETWORK),
-        };
-        if let Some(problem) = problem {
-            return pages::respond(problem, html);
+        // An `auth` rule's credentials are camgate's, whether or not this
+        // client needed them: the DVR never sees them.
+        let credentials_used =
+            rule.is_some_and(|rule| matches!(rule.action, Action::Auth(_)) && !rule.pass_authorization);
+        match decision.verdict {
+            Verdict::Allow => {}
+            Verdict::Deny { status: 404 } => return pages::respond(pages::NOT_FOUND, html),
+            Verdict::Deny { .. } => return pages::respond(pages::FORBIDDEN, html),
+            Verdict::NeedsCredentials => {
+                let Some((rule, Action::Auth(requirement))) = rule.map(|r| (r, &r.action)) else {
+                    return pages::respond(pages::FORBIDDEN, html);
+                };
+                let attempt = Attempt {
+                    site: &site.site.name,
+                    rule: Some(&rule.name),
+                    requirement,
+                    client,
+                    exempt: site.exempt.iter().any(|set| set.contains(client)),
+                    path,
+                    query: request.uri().query(),
+                };
+                let presented = auth::presented(request.headers(), request.uri().query());
+                match auth::authenticate(&state.credentials, &state.auth, &attempt, presented).await {
+                    Outcome::Granted(_) => {}
+                    Outcome::Missing => return challenge(requirement, &site.site.name, html),
+                    Outcome::Invalid(why) => {
+                        log.why = Some(why.to_owned());
+                        return challenge(requirement, &site.site.name, html);
+                    }
+                    Outcome::Forbidden(why) => {
+                        log.why = Some(why.to_owned());
+                        return pages::respond(pages::NOT_PERMITTED, html);
+                    }
+                    Outcome::Banned(left) => {
+                        log.why = Some("banned".to_owned());
+                        let mut response = pages::respond(pages::BANNED, html);
+                        response
+                            .headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from(left.as_secs().max(1)));
+                        return response;
+                    }
+                }
+            }
         }
-        let Ok(path) = &evaluation.path else {
-            unreachable!("a decision implies a canonical path")
-        };
         let plan = Forward {
             site,
             path,
@@ -458,6 +522,7 @@ impl Handler {
             via_trusted_proxy: (client != peer).then_some(peer),
             websocket,
             html,
+            strip_credentials: credentials_used,
         };
         self.forward(plan, request, log).await
     }
@@ -473,7 +538,13 @@ impl Handler {
             return pages::respond(pages::BUSY, plan.html);
         };
         let client_upgrade = plan.websocket.then(|| hyper::upgrade::on(&mut request));
-        let target = upstream_target(plan.origin, plan.path, request.uri().query());
+        let query = request.uri().query();
+        let query = if plan.strip_credentials {
+            headers::without_query_param(query, "token")
+        } else {
+            query.map(std::borrow::Cow::Borrowed)
+        };
+        let target = upstream_target(plan.origin, plan.path, query.as_deref());
         let (parts, body) = request.into_parts();
         let mut outgoing = Request::new(body);
         *outgoing.method_mut() = parts.method;
@@ -482,6 +553,9 @@ impl Handler {
         let headers = outgoing.headers_mut();
         *headers = parts.headers;
         headers::strip_hop_by_hop(headers);
+        if plan.strip_credentials {
+            headers.remove(header::AUTHORIZATION);
+        }
         headers::set_forwarded(
             headers,
             &ForwardedFacts {
@@ -596,6 +670,28 @@ struct Forward<'a> {
     via_trusted_proxy: Option<IpAddr>,
     websocket: bool,
     html: bool,
+    /// camgate consumed the request's credentials: the DVR must not see them.
+    strip_credentials: bool,
+}
+
+/// 401 with the schemes the rule accepts.
+fn challenge(
+    requirement: &crate::proxy::rules::Requirement,
+    site: &str,
+    html: bool,
+) -> Response<ResponseBody> {
+    let mut response = pages::respond(pages::UNAUTHORIZED, html);
+    // Site names are identifiers, so the realm needs no escaping.
+    let schemes = [
+        (!requirement.users.is_empty()).then(|| format!("Basic realm=\"camgate {site}\", charset=\"UTF-8\"")),
+        (!requirement.tokens.is_empty()).then(|| format!("Bearer realm=\"camgate {site}\"")),
+    ];
+    for scheme in schemes.into_iter().flatten() {
+        if let Ok(value) = HeaderValue::try_from(scheme) {
+            response.headers_mut().append(header::WWW_AUTHENTICATE, value);
+        }
+    }
+    response
 }
 
 impl AccessLog<'_> {

@@ -1,0 +1,375 @@
+//! Credentials for `auth` rules: users (argon2id passwords, HTTP Basic),
+//! API tokens (Bearer or `?token=`), and the brute-force guard.
+//!
+//! The rule engine says *that* credentials are needed ([`Verdict::NeedsCredentials`]);
+//! this module says whether the request has them. Audit events go to the
+//! `camgate::audit` log target and never carry secrets.
+//!
+//! [`Verdict::NeedsCredentials`]: crate::proxy::rules::Verdict::NeedsCredentials
+
+pub mod guard;
+pub mod password;
+pub mod token;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+use tokio::sync::Semaphore;
+
+pub use guard::{Ban, BanSink, Guard, GuardSettings, NoSink, Penalty};
+pub use password::PasswordDigest;
+pub use token::{ScopeEntry, Token};
+
+use crate::proxy::path::CanonicalPath;
+use crate::proxy::rules::Requirement;
+
+/// Longer `Authorization` values are refused unread.
+const MAX_AUTHORIZATION_BYTES: usize = 4096;
+/// argon2 runs at once; each holds 19 MiB, so this also bounds memory.
+const CONCURRENT_VERIFICATIONS: usize = 2;
+/// Verified Basic credentials are remembered this long, so a script that
+/// sends them with every request pays argon2 once, not per request.
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
+const VERIFIED_MAX: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Viewer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub digest: PasswordDigest,
+    pub role: Role,
+}
+
+/// `[[user]]` and `[[token]]` from the config, indexed for lookups.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    users: HashMap<String, User>,
+    tokens: HashMap<token::Digest, Token>,
+}
+
+impl Credentials {
+    pub fn new(users: &[User], tokens: &[Token]) -> Self {
+        Self {
+            users: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
+            tokens: tokens.iter().map(|t| (t.digest, t.clone())).collect(),
+        }
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+}
+
+/// State that outlives config reloads: bans, and the verification pool.
+#[derive(Debug)]
+pub struct AuthShared {
+    pub guard: Guard,
+    verifications: Semaphore,
+    verified: Mutex<HashMap<token::Digest, Instant>>,
+    /// Keys the verified-credentials cache, so its entries are useless
+    /// outside this process.
+    cache_key: [u8; 32],
+}
+
+impl AuthShared {
+    pub fn new(settings: GuardSettings, sink: Box<dyn BanSink>) -> Self {
+        let mut cache_key = [0u8; 32];
+        // Without randomness the cache is keyed by a constant: still a cache
+        // of this process's own successes, and still cleared on restart.
+        let _ = getrandom::fill(&mut cache_key);
+        Self {
+            guard: Guard::new(settings, sink),
+            verifications: Semaphore::new(CONCURRENT_VERIFICATIONS),
+            verified: Mutex::new(HashMap::new()),
+            cache_key,
+        }
+    }
+
+    fn cache_id(&self, user: &User, password: &[u8]) -> token::Digest {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in [
+            &self.cache_key[..],
+            user.name.as_bytes(),
+            b"\0",
+            user.digest.as_str().as_bytes(),
+            b"\0",
+            password,
+        ] {
+            context.update(part);
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(context.finish().as_ref());
+        id
+    }
+
+    /// Checks a password off the async workers (argon2 blocks for tens of
+    /// milliseconds). Unknown users are checked against a decoy so their
+    /// answer takes as long.
+    async fn verify(&self, user: Option<&User>, password: &[u8]) -> bool {
+        let Some(user) = user else {
+            let password = password.to_vec();
+            let _permit = self.verifications.acquire().await;
+            let _ = tokio::task::spawn_blocking(move || PasswordDigest::decoy().verify(&password)).await;
+            return false;
+        };
+        let id = self.cache_id(user, password);
+        let now = Instant::now();
+        if self.verified().get(&id).is_some_and(|until| *until > now) {
+            return true;
+        }
+        let digest = user.digest.clone();
+        let password = password.to_vec();
+        let Ok(_permit) = self.verifications.acquire().await else {
+            return false;
+        };
+        let ok = tokio::task::spawn_blocking(move || digest.verify(&password))
+            .await
+            .unwrap_or(false);
+        if ok {
+            let mut verified = self.verified();
+            if verified.len() >= VERIFIED_MAX {
+                verified.retain(|_, until| *until > now);
+                if verified.len() >= VERIFIED_MAX {
+                    verified.clear();
+                }
+            }
+            verified.insert(id, now + VERIFIED_TTL);
+        }
+        ok
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<token::Digest, Instant>> {
+        self.verified.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The credentials a request carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presented {
+    None,
+    Basic {
+        user: String,
+        password: Vec<u8>,
+    },
+    /// From `Authorization: Bearer` or the `token` query parameter.
+    Token(String),
+    Malformed(&'static str),
+}
+
+/// Reads `Authorization` (Basic or Bearer), else the `token` query parameter.
+pub fn presented(headers: &HeaderMap, query: Option<&str>) -> Presented {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    if let Some(value) = values.next() {
+        if values.next().is_some() {
+            return Presented::Malformed("more than one Authorization header");
+        }
+        return authorization(value.as_bytes());
+    }
+    let mut tokens = query_values(query, "token");
+    match (tokens.next(), tokens.next()) {
+        (None, _) => Presented::None,
+        (Some(_), Some(_)) => Presented::Malformed("more than one token parameter"),
+        (Some(token), None) if token.is_empty() => Presented::Malformed("empty token parameter"),
+        (Some(token), None) => Presented::Token(token),
+    }
+}
+
+fn query_values<'q>(query: Option<&'q str>, key: &'q str) -> impl Iterator<Item = String> + 'q {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(move |(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn authorization(value: &[u8]) -> Presented {
+    if value.len() > MAX_AUTHORIZATION_BYTES {
+        return Presented::Malformed("Authorization header too long");
+    }
+    let Ok(text) = std::str::from_utf8(value) else {
+        return Presented::Malformed("Authorization header is not UTF-8");
+    };
+    let (scheme, rest) = text.trim().split_once(' ').unwrap_or((text, ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("basic") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest) else {
+            return Presented::Malformed("Basic credentials are not base64");
+        };
+        let Some(colon) = decoded.iter().position(|b| *b == b':') else {
+            return Presented::Malformed("Basic credentials have no ':'");
+        };
+        let (user, password) = decoded.split_at(colon);
+        let Ok(user) = String::from_utf8(user.to_vec()) else {
+            return Presented::Malformed("the user name is not UTF-8");
+        };
+        if user.is_empty() {
+            return Presented::Malformed("empty user name");
+        }
+        Presented::Basic {
+            user,
+            password: password[1..].to_vec(),
+        }
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        if rest.is_empty() || rest.contains(' ') {
+            return Presented::Malformed("Bearer needs exactly one token");
+        }
+        Presented::Token(rest.to_owned())
+    } else {
+        Presented::Malformed("unsupported Authorization scheme")
+    }
+}
+
+/// Who was let in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    User(String),
+    Token(String),
+}
+
+/// The answer to "may this request pass this `auth` rule?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Granted(Principal),
+    /// No credentials: ask for them.
+    Missing,
+    /// Wrong or malformed credentials (counted by the guard).
+    Invalid(&'static str),
+    /// Real credentials that do not cover this request.
+    Forbidden(&'static str),
+    /// The address (or, from outside, the user name) is banned.
+    Banned(Duration),
+}
+
+/// The request, as far as authentication needs it.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    pub site: &'a str,
+    pub rule: Option<&'a str>,
+    pub requirement: &'a Requirement,
+    pub client: IpAddr,
+    /// The client is in one of the site's own networks: never banned.
+    pub exempt: bool,
+    pub path: &'a CanonicalPath,
+    pub query: Option<&'a str>,
+}
+
+/// Checks `presented` against `attempt`'s rule; counts failures and audits.
+pub async fn authenticate(
+    credentials: &Credentials,
+    shared: &AuthShared,
+    attempt: &Attempt<'_>,
+    presented: Presented,
+) -> Outcome {
+    let now = Instant::now();
+    if let Some(left) = shared.guard.address_ban(attempt.client, now) {
+        return Outcome::Banned(left);
+    }
+    let method = match &presented {
+        Presented::Basic { .. } => "basic",
+        Presented::Token(_) => "token",
+        Presented::None | Presented::Malformed(_) => "malformed",
+    };
+    let outcome = match presented {
+        Presented::None => return Outcome::Missing,
+        Presented::Malformed(why) => Outcome::Invalid(why),
+        Presented::Token(secret) => token_outcome(credentials, attempt, &secret),
+        Presented::Basic { user, password } => {
+            if !attempt.exempt
+                && let Some(left) = shared.guard.user_lock(&user, now)
+            {
+                audit(attempt, "basic", Some(&user), "user locked");
+                return Outcome::Banned(left);
+            }
+            let known = credentials.user(&user);
+            if shared.verify(known, &password).await {
+                shared.guard.success(attempt.client, &user);
+                if attempt.requirement.users.iter().any(|u| u == "*" || *u == user) {
+                    Outcome::Granted(Principal::User(user))
+                } else {
+                    audit(attempt, "basic", Some(&user), "user not allowed by this rule");
+                    return Outcome::Forbidden("this user may not use this path");
+                }
+            } else {
+                let penalty = shared
+                    .guard
+                    .failure(attempt.client, Some(&user), attempt.exempt, now);
+                audit(attempt, "basic", Some(&user), "wrong user name or password");
+                return penalized(attempt, penalty, "wrong user name or password");
+            }
+        }
+    };
+    match &outcome {
+        Outcome::Granted(principal) => {
+            let (method, name) = match principal {
+                Principal::User(name) => ("basic", name),
+                Principal::Token(name) => ("token", name),
+            };
+            tracing::info!(target: "camgate::audit", event = "login", ok = true, method, principal = %name,
+                client.addr = %attempt.client, site = attempt.site, rule = attempt.rule, "access granted");
+            outcome
+        }
+        Outcome::Invalid(why) => {
+            let penalty = shared.guard.failure(attempt.client, None, attempt.exempt, now);
+            audit(attempt, method, None, why);
+            penalized(attempt, penalty, why)
+        }
+        _ => outcome,
+    }
+}
+
+fn token_outcome(credentials: &Credentials, attempt: &Attempt<'_>, secret: &str) -> Outcome {
+    let Some(token) = credentials.tokens.get(&token::digest(secret)) else {
+        return Outcome::Invalid("unknown token");
+    };
+    let denied = if token.expired(SystemTime::now()) {
+        Some("the token has expired")
+    } else if token.site != attempt.site {
+        Some("the token is for another site")
+    } else if !attempt
+        .requirement
+        .tokens
+        .iter()
+        .any(|t| t == "*" || *t == token.name)
+    {
+        Some("this rule does not accept this token")
+    } else if !token.permits(attempt.rule, attempt.path, attempt.query) {
+        Some("the request is outside the token's scope")
+    } else {
+        None
+    };
+    match denied {
+        Some(why) => {
+            audit(attempt, "token", Some(&token.name), why);
+            Outcome::Forbidden(why)
+        }
+        None => Outcome::Granted(Principal::Token(token.name.clone())),
+    }
+}
+
+fn penalized(attempt: &Attempt<'_>, penalty: Penalty, why: &'static str) -> Outcome {
+    match penalty {
+        Penalty::None => Outcome::Invalid(why),
+        Penalty::AddressBanned(length) => {
+            tracing::warn!(target: "camgate::audit", event = "ban", client.addr = %attempt.client,
+                site = attempt.site, seconds = length.as_secs(), "address banned after repeated failures");
+            Outcome::Banned(length)
+        }
+    }
+}
+
+fn audit(attempt: &Attempt<'_>, method: &str, principal: Option<&str>, why: &str) {
+    tracing::warn!(target: "camgate::audit", event = "login", ok = false, method, principal,
+        client.addr = %attempt.client, site = attempt.site, rule = attempt.rule, why, "access refused");
+}
+
+#[cfg(test)]
+mod tests;
