@@ -128,7 +128,7 @@ fn explain_prints_the_decision_as_json() {
     assert_eq!(json["decision"], "auth");
     assert_eq!(json["rule"], "api");
     assert_eq!(json["canonical_path"], "/Video.mjpg");
-    assert_eq!(json["status"], 403);
+    assert_eq!(json["status"], 401);
     assert_eq!(json["rules"][0]["matched"], true);
 
     let human = explain(&config, "dvr", "192.168.1.2", &["GET /grab.jpg"]);

@@ -109,8 +109,16 @@ fn motion_gui_passes_to_its_login_and_streams_need_the_lan() {
         "/0/detection/pause",
         "/0/config/list",
     ] {
+        // camgate's own challenge, not motion's Digest one.
         let response = get("wan", target);
-        assert_eq!(response.status(), 403, "WAN {target}: {}", response.text());
+        assert_eq!(response.status(), 401, "WAN {target}: {}", response.text());
+        assert!(
+            response
+                .header("www-authenticate")
+                .is_some_and(|v| v.starts_with("Basic realm=\"camgate")),
+            "{}",
+            response.text()
+        );
     }
 
     // From the LAN they pass, streams to motion's stream port.

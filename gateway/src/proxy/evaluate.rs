@@ -40,13 +40,13 @@ impl Evaluation {
     }
 
     /// The status camgate answers with itself; `None` when it forwards.
-    /// Until credentials exist, `auth` is answered like a deny.
+    /// `auth` without credentials is 401 (valid ones would forward).
     pub fn status(&self) -> Option<u16> {
         match self.decision.as_ref().map(|d| d.verdict) {
             None => Some(400),
             Some(Verdict::Allow) => None,
             Some(Verdict::Deny { status }) => Some(status),
-            Some(Verdict::NeedsCredentials) => Some(403),
+            Some(Verdict::NeedsCredentials) => Some(401),
         }
     }
 }
@@ -233,7 +233,7 @@ mod tests {
         let wan = explain_from("203.0.113.7", "GET /x/../VIDEO.MJPG?oids=1");
         assert_eq!(
             (wan.decision, wan.status, wan.rule.as_deref()),
-            ("auth", Some(403), Some("api"))
+            ("auth", Some(401), Some("api"))
         );
         assert_eq!(wan.canonical_path.as_deref(), Some("/VIDEO.MJPG"));
         assert_eq!(wan.forwarded_target, None);

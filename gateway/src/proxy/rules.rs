@@ -309,7 +309,7 @@ fn verdict(rule: &Rule, index: usize, client: IpAddr) -> Decision {
             None => decision(
                 Verdict::NeedsCredentials,
                 format!(
-                    "rule {:?}: {client} is not in {}; needs a user or token (not supported yet: denied)",
+                    "rule {:?}: {client} is not in {}; needs a user or token the rule accepts",
                     rule.name,
                     set_names(&requirement.from)
                 ),
