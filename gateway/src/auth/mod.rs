@@ -117,36 +117,31 @@ impl AuthShared {
     /// milliseconds). Unknown users are checked against a decoy so their
     /// answer takes as long.
     async fn verify(&self, user: Option<&User>, password: &[u8]) -> bool {
-        let Some(user) = user else {
-            let password = password.to_vec();
-            let _permit = self.verifications.acquire().await;
-            let _ = tokio::task::spawn_blocking(move || PasswordDigest::decoy().verify(&password)).await;
-            return false;
-        };
-        let id = self.cache_id(user, password);
         let now = Instant::now();
-        if self.verified().get(&id).is_some_and(|until| *until > now) {
+        let id = user.map(|user| self.cache_id(user, password));
+        if id.is_some_and(|id| self.verified().get(&id).is_some_and(|until| *until > now)) {
             return true;
         }
-        let digest = user.digest.clone();
+        let digest = user.map_or_else(|| PasswordDigest::decoy().clone(), |user| user.digest.clone());
         let password = password.to_vec();
         let Ok(_permit) = self.verifications.acquire().await else {
             return false;
         };
-        let ok = tokio::task::spawn_blocking(move || digest.verify(&password))
+        let matched = tokio::task::spawn_blocking(move || digest.verify(&password))
             .await
             .unwrap_or(false);
-        if ok {
-            let mut verified = self.verified();
+        let Some(id) = id.filter(|_| matched) else {
+            return false;
+        };
+        let mut verified = self.verified();
+        if verified.len() >= VERIFIED_MAX {
+            verified.retain(|_, until| *until > now);
             if verified.len() >= VERIFIED_MAX {
-                verified.retain(|_, until| *until > now);
-                if verified.len() >= VERIFIED_MAX {
-                    verified.clear();
-                }
+                verified.clear();
             }
-            verified.insert(id, now + VERIFIED_TTL);
         }
-        ok
+        verified.insert(id, now + VERIFIED_TTL);
+        true
     }
 
     fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<token::Digest, Instant>> {
@@ -273,97 +268,102 @@ pub async fn authenticate(
     if let Some(left) = shared.guard.address_ban(attempt.client, now) {
         return Outcome::Banned(left);
     }
-    let method = match &presented {
-        Presented::Basic { .. } => "basic",
-        Presented::Token(_) => "token",
-        Presented::None | Presented::Malformed(_) => "malformed",
-    };
-    let outcome = match presented {
+    // `name`: the user or token the request claimed, for the audit log and
+    // (user names only) the per-name failure count.
+    let (method, name, outcome) = match presented {
         Presented::None => return Outcome::Missing,
-        Presented::Malformed(why) => Outcome::Invalid(why),
-        Presented::Token(secret) => token_outcome(credentials, attempt, &secret),
+        Presented::Malformed(why) => ("malformed", None, Outcome::Invalid(why)),
+        Presented::Token(secret) => {
+            let (name, outcome) = token_outcome(credentials, attempt, &secret);
+            ("token", name, outcome)
+        }
         Presented::Basic { user, password } => {
-            if !attempt.exempt
-                && let Some(left) = shared.guard.user_lock(&user, now)
-            {
-                audit(attempt, "basic", Some(&user), "user locked");
-                return Outcome::Banned(left);
-            }
-            let known = credentials.user(&user);
-            if shared.verify(known, &password).await {
-                shared.guard.success(attempt.client, &user);
-                if attempt.requirement.users.iter().any(|u| u == "*" || *u == user) {
-                    Outcome::Granted(Principal::User(user))
-                } else {
-                    audit(attempt, "basic", Some(&user), "user not allowed by this rule");
-                    return Outcome::Forbidden("this user may not use this path");
-                }
-            } else {
-                let penalty = shared
-                    .guard
-                    .failure(attempt.client, Some(&user), attempt.exempt, now);
-                audit(attempt, "basic", Some(&user), "wrong user name or password");
-                return penalized(attempt, penalty, "wrong user name or password");
-            }
+            let outcome = password_outcome(credentials, shared, attempt, &user, &password, now).await;
+            ("basic", Some(user), outcome)
         }
     };
-    match &outcome {
-        Outcome::Granted(principal) => {
-            let (method, name) = match principal {
-                Principal::User(name) => ("basic", name),
-                Principal::Token(name) => ("token", name),
-            };
-            tracing::info!(target: "camgate::audit", event = "login", ok = true, method, principal = %name,
+    let name = name.as_deref();
+    match outcome {
+        Outcome::Granted(_) => {
+            tracing::info!(target: "camgate::audit", event = "login", ok = true, method, principal = name,
                 client.addr = %attempt.client, site = attempt.site, rule = attempt.rule, "access granted");
             outcome
         }
         Outcome::Invalid(why) => {
-            let penalty = shared.guard.failure(attempt.client, None, attempt.exempt, now);
-            audit(attempt, method, None, why);
-            penalized(attempt, penalty, why)
+            audit(attempt, method, name, why);
+            let user = if method == "basic" { name } else { None };
+            match shared.guard.failure(attempt.client, user, attempt.exempt, now) {
+                Penalty::None => outcome,
+                Penalty::AddressBanned(length) => {
+                    tracing::warn!(target: "camgate::audit", event = "ban", client.addr = %attempt.client,
+                        site = attempt.site, seconds = length.as_secs(), "address banned after repeated failures");
+                    Outcome::Banned(length)
+                }
+            }
         }
-        _ => outcome,
+        Outcome::Forbidden(why) => {
+            audit(attempt, method, name, why);
+            outcome
+        }
+        Outcome::Banned(_) => {
+            audit(attempt, method, name, "user name locked after repeated failures");
+            outcome
+        }
+        Outcome::Missing => outcome,
     }
 }
 
-fn token_outcome(credentials: &Credentials, attempt: &Attempt<'_>, secret: &str) -> Outcome {
+/// Basic credentials: a locked name (from outside), the password, the rule's user list.
+async fn password_outcome(
+    credentials: &Credentials,
+    shared: &AuthShared,
+    attempt: &Attempt<'_>,
+    user: &str,
+    password: &[u8],
+    now: Instant,
+) -> Outcome {
+    if !attempt.exempt
+        && let Some(left) = shared.guard.user_lock(user, now)
+    {
+        return Outcome::Banned(left);
+    }
+    if !shared.verify(credentials.user(user), password).await {
+        return Outcome::Invalid("wrong user name or password");
+    }
+    shared.guard.success(attempt.client, user);
+    if attempt.requirement.users.iter().any(|u| u == "*" || u == user) {
+        Outcome::Granted(Principal::User(user.to_owned()))
+    } else {
+        Outcome::Forbidden("this user may not use this path")
+    }
+}
+
+/// The token's name (if the secret is known) and the outcome.
+fn token_outcome(
+    credentials: &Credentials,
+    attempt: &Attempt<'_>,
+    secret: &str,
+) -> (Option<String>, Outcome) {
     let Some(token) = credentials.tokens.get(&token::digest(secret)) else {
-        return Outcome::Invalid("unknown token");
+        return (None, Outcome::Invalid("unknown token"));
     };
-    let denied = if token.expired(SystemTime::now()) {
-        Some("the token has expired")
+    let outcome = if token.expired(SystemTime::now()) {
+        Outcome::Forbidden("the token has expired")
     } else if token.site != attempt.site {
-        Some("the token is for another site")
+        Outcome::Forbidden("the token is for another site")
     } else if !attempt
         .requirement
         .tokens
         .iter()
         .any(|t| t == "*" || *t == token.name)
     {
-        Some("this rule does not accept this token")
+        Outcome::Forbidden("this rule does not accept this token")
     } else if !token.permits(attempt.rule, attempt.path, attempt.query) {
-        Some("the request is outside the token's scope")
+        Outcome::Forbidden("the request is outside the token's scope")
     } else {
-        None
+        Outcome::Granted(Principal::Token(token.name.clone()))
     };
-    match denied {
-        Some(why) => {
-            audit(attempt, "token", Some(&token.name), why);
-            Outcome::Forbidden(why)
-        }
-        None => Outcome::Granted(Principal::Token(token.name.clone())),
-    }
-}
-
-fn penalized(attempt: &Attempt<'_>, penalty: Penalty, why: &'static str) -> Outcome {
-    match penalty {
-        Penalty::None => Outcome::Invalid(why),
-        Penalty::AddressBanned(length) => {
-            tracing::warn!(target: "camgate::audit", event = "ban", client.addr = %attempt.client,
-                site = attempt.site, seconds = length.as_secs(), "address banned after repeated failures");
-            Outcome::Banned(length)
-        }
-    }
+    (Some(token.name.clone()), outcome)
 }
 
 fn audit(attempt: &Attempt<'_>, method: &str, principal: Option<&str>, why: &str) {

@@ -36,7 +36,7 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// 64 hex digits → digest.
+/// 64 hex digits → a SHA-256 digest (token secrets, certificate pins).
 pub fn parse_digest(text: &str) -> Option<Digest> {
     if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -48,23 +48,13 @@ pub fn parse_digest(text: &str) -> Option<Digest> {
     Some(out)
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Token {
     pub name: String,
     pub digest: Digest,
     pub site: String,
     pub scope: Vec<ScopeEntry>,
     pub expires: Option<SystemTime>,
-}
-
-impl PartialEq for Token {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-            && self.digest == other.digest
-            && self.site == other.site
-            && self.scope == other.scope
-            && self.expires == other.expires
-    }
 }
 
 /// What a token may reach on its site.

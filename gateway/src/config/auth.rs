@@ -1,7 +1,7 @@
 //! Stage two for `[auth]`, `[[user]]` and `[[token]]`.
 
 use std::collections::{BTreeSet, HashSet};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use toml::Spanned;
 
@@ -116,15 +116,13 @@ pub(super) fn tokens(raw: Vec<RawToken>, sites: &[Site]) -> Result<Vec<Token>, P
                 .expires
                 .as_ref()
                 .map(|text| {
-                    humantime::parse_rfc3339_weak(text.get_ref())
-                        .map_err(|e| {
-                            Problem::new(
-                                text.span(),
-                                key("expires"),
-                                format!("expected a time like \"2027-01-31T00:00:00Z\" ({e})"),
-                            )
-                        })
-                        .map(|at: SystemTime| at)
+                    humantime::parse_rfc3339_weak(text.get_ref()).map_err(|e| {
+                        Problem::new(
+                            text.span(),
+                            key("expires"),
+                            format!("expected a time like \"2027-01-31T00:00:00Z\" ({e})"),
+                        )
+                    })
                 })
                 .transpose()?;
             Ok(Token {

@@ -389,14 +389,7 @@ fn fingerprint(text: &str) -> Option<[u8; 32]> {
         .chars()
         .filter(|&c| c != ':')
         .collect();
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut bytes = [0; 32];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(bytes)
+    crate::auth::token::parse_digest(&hex)
 }
 
 /// What rules are compiled against.
