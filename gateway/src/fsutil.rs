@@ -34,9 +34,14 @@ pub(crate) fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> 
     let temporary = Path::new(&temporary);
     write_new_private(temporary, bytes)?;
     fs::rename(temporary, path)?;
+    fs::File::open(parent_dir(path))?.sync_all()
+}
+
+/// The directory holding `path` (`.` for a bare file name), whose fsync
+/// makes a rename in it durable.
+pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => fs::File::open(dir)?.sync_all()?,
-        _ => fs::File::open(".")?.sync_all()?,
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
     }
-    Ok(())
 }

@@ -145,9 +145,7 @@ fn load_pem(site: &str, certificate: &Path, key: &Path) -> Result<CertifiedKey, 
         path: path.to_owned(),
         reason,
     };
-    let chain = CertificateDer::pem_file_iter(certificate)
-        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-        .map_err(|e| pem_error(certificate, e.to_string()))?;
+    let chain = read_certificates(certificate).map_err(|e| pem_error(certificate, e))?;
     if chain.is_empty() {
         return Err(pem_error(certificate, "no CERTIFICATE block".to_owned()));
     }
@@ -160,12 +158,19 @@ fn load_pem(site: &str, certificate: &Path, key: &Path) -> Result<CertifiedKey, 
     })
 }
 
+/// Every CERTIFICATE block of a PEM file.
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| e.to_string())
+}
+
 /// A chain and its key, checked to belong together.
 fn certified_key(
     chain: Vec<CertificateDer<'static>>,
     key: &PrivateKeyDer<'_>,
 ) -> Result<CertifiedKey, rustls::Error> {
-    let signing = provider().key_provider.load_private_key(key.clone_key())?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(key)?;
     let certified = CertifiedKey::new(chain, signing);
     certified.keys_match()?;
     Ok(certified)

@@ -28,6 +28,14 @@ pub use token::{ScopeEntry, Token};
 use crate::proxy::path::CanonicalPath;
 use crate::proxy::rules::Requirement;
 
+/// The query parameter that carries a token (`<img src=…?token=…>`).
+const TOKEN_PARAMETER: &str = "token";
+
+/// The query as the DVR gets it: without camgate's token parameter.
+pub fn without_token(query: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
+    crate::proxy::headers::without_query_param(query, TOKEN_PARAMETER)
+}
+
 /// Longer `Authorization` values are refused unread.
 const MAX_AUTHORIZATION_BYTES: usize = 4096;
 /// argon2 runs at once; each holds 19 MiB, so this also bounds memory.
@@ -171,7 +179,7 @@ pub fn presented(headers: &HeaderMap, query: Option<&str>) -> Presented {
         }
         return authorization(value.as_bytes());
     }
-    let mut tokens = query_values(query, "token");
+    let mut tokens = query_values(query, TOKEN_PARAMETER);
     match (tokens.next(), tokens.next()) {
         (None, _) => Presented::None,
         (Some(_), Some(_)) => Presented::Malformed("more than one token parameter"),

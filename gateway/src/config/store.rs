@@ -105,10 +105,7 @@ impl ConfigStore {
     }
 
     fn dir(&self) -> &Path {
-        match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        }
+        crate::fsutil::parent_dir(&self.path)
     }
 
     /// `dir/<prefix><file name><suffix>`

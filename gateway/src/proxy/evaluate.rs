@@ -79,13 +79,9 @@ fn canonical_target(site: &Site, uri: &Uri) -> Result<CanonicalPath, TargetError
         // Absolute-form: the host it names must be this site's (the proxy
         // also checks it against the Host header).
         // Site hosts are names or bare IP literals; IPv6 authorities have brackets.
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        if !site.hosts.contains(&host) {
-            return Err(TargetError::Authority(host));
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        if !site.hosts.iter().any(|known| known.eq_ignore_ascii_case(host)) {
+            return Err(TargetError::Authority(host.to_ascii_lowercase()));
         }
     }
     if uri.scheme().is_some() != uri.authority().is_some() || !uri.path().starts_with('/') {
@@ -140,7 +136,7 @@ pub fn explain(
             let evaluation = evaluate(site, &method, &uri, from, websocket, Some(&mut trace));
             let reason = match (&evaluation.path, &evaluation.decision) {
                 (Err(e), _) => format!("rejected: {e}"),
-                (Ok(_), Some(decision)) => decision.reason.clone(),
+                (Ok(_), Some(decision)) => decision.describe(&site.rules, from),
                 (Ok(_), None) => String::new(),
             };
             (evaluation, Some(uri), reason)

@@ -45,17 +45,17 @@ pub fn request_host<B>(request: &Request<B>) -> Result<RequestHost, HostError> {
         .map(|value| value.to_str().map_err(|_| HostError::Invalid))
         .transpose()?;
     let authority = request.uri().authority().map(http::uri::Authority::as_str);
-    let original = match (header, authority) {
+    let (original, (name, is_ip)) = match (header, authority) {
         (Some(header), Some(authority)) => {
-            if split_host(header)?.0 != split_host(authority)?.0 {
+            let host = split_host(header)?;
+            if host.0 != split_host(authority)?.0 {
                 return Err(HostError::Disagree);
             }
-            header
+            (header, host)
         }
-        (Some(host), None) | (None, Some(host)) => host,
+        (Some(host), None) | (None, Some(host)) => (host, split_host(host)?),
         (None, None) => return Err(HostError::Missing),
     };
-    let (name, is_ip) = split_host(original)?;
     Ok(RequestHost {
         name,
         original: original.to_owned(),
@@ -202,13 +202,13 @@ pub struct ForwardedFacts<'a> {
     pub client: IpAddr,
     /// The socket peer, when it is a trusted proxy whose chain is kept.
     pub via_trusted_proxy: Option<IpAddr>,
-    pub https: bool,
     pub host: &'a RequestHost,
     pub port: u16,
 }
 
 /// Replaces whatever the client sent in the forwarding headers with
-/// camgate's own view (the chain is kept only from trusted proxies).
+/// camgate's own view (the chain is kept only from trusted proxies). Only
+/// the HTTPS listener forwards, so the protocol is always `https`.
 pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
     let received_chain = facts.via_trusted_proxy.and_then(|_| {
         let entries: Vec<&str> = headers
@@ -219,7 +219,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, facts: &ForwardedFacts<'_>) {
         (!entries.is_empty()).then(|| entries.join(", "))
     });
     remove_where(headers, |name| CLIENT_CLAIMS.contains(name));
-    let proto = if facts.https { "https" } else { "http" };
+    let proto = "https";
     let client = facts.client.to_string();
     let forwarded = match facts.client {
         IpAddr::V4(_) => format!("for={client};proto={proto};host=\"{}\"", facts.host.original),
@@ -309,8 +309,9 @@ pub fn origins_of(uri: &Uri) -> Vec<String> {
 /// (`?token=` for MJPEG embeds, `?auth=`, `?session=`, `?password=`…).
 const SECRET_KEY_PARTS: [&str; 7] = ["token", "auth", "session", "passw", "pwd", "key", "secret"];
 
-/// The query without parameter `name` (decoded as `auth::presented`
-/// decodes it), other parameters byte for byte; `None` if nothing is left.
+/// The query without parameter `name` (keys decoded as form data, the way
+/// `auth::presented` finds a token), other parameters byte for byte;
+/// `None` if nothing is left.
 pub fn without_query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
     let query = query?;
     let is_named = |pair: &str| {
@@ -453,7 +454,6 @@ mod tests {
         let facts = ForwardedFacts {
             client: "203.0.113.9".parse().unwrap(),
             via_trusted_proxy: None,
-            https: true,
             host: &host,
             port: 443,
         };

@@ -12,7 +12,7 @@ pub mod rules;
 pub mod server;
 pub mod upstream;
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) use tower::BoxError;
 
 /// Every response the proxy sends: the upstream's streamed body or one of
 /// camgate's own.

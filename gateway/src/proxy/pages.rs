@@ -137,7 +137,7 @@ pub fn respond(problem: Problem, html: bool) -> Response<ResponseBody> {
     response
 }
 
-pub fn full(body: impl Into<Bytes>) -> ResponseBody {
+fn full(body: impl Into<Bytes>) -> ResponseBody {
     Full::new(body.into()).map_err(|never| match never {}).boxed()
 }
 

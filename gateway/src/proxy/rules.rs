@@ -125,8 +125,7 @@ pub enum Action {
 pub struct Requirement {
     /// Client address in any of these sets.
     pub from: Vec<NetSet>,
-    /// Named users; `*` = any user. Credentials arrive with the
-    /// authentication work; until then these never grant access.
+    /// Named users; `*` = any user with a valid password (see `auth`).
     pub users: Vec<String>,
     /// Named tokens; `*` = any token whose scope covers the request.
     pub tokens: Vec<String>,
@@ -172,7 +171,48 @@ pub struct Decision {
     pub verdict: Verdict,
     /// Index of the deciding rule; `None`: no rule matched.
     pub rule: Option<usize>,
-    pub reason: String,
+    pub reason: Reason,
+}
+
+/// Why the deciding rule decided as it did; put in words only by
+/// [`Decision::describe`], so deciding allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    NoRuleMatched,
+    Allows,
+    Denies,
+    /// The client is in the `from` set with this index.
+    InSet(usize),
+    /// Not in any `from` set, and the rule takes no credentials.
+    NotInSets,
+    /// Not in any `from` set; a user or token would do.
+    NeedsCredentials,
+}
+
+impl Decision {
+    /// The decision in words, for `camgate explain`.
+    pub fn describe(&self, rules: &RuleSet, client: IpAddr) -> String {
+        let client = client.to_canonical();
+        let Some(rule) = self.rule.map(|i| &rules.rules[i]) else {
+            return "no rule matched: denied by default".to_owned();
+        };
+        let from: &[NetSet] = match &rule.action {
+            Action::Auth(requirement) => &requirement.from,
+            _ => &[],
+        };
+        match self.reason {
+            Reason::NoRuleMatched => "no rule matched: denied by default".to_owned(),
+            Reason::Allows => format!("rule {:?} allows", rule.name),
+            Reason::Denies => format!("rule {:?} denies", rule.name),
+            Reason::InSet(set) => format!("rule {:?}: {client} is in {:?}", rule.name, from[set].name),
+            Reason::NotInSets => format!("rule {:?}: {client} is not in {}", rule.name, set_names(from)),
+            Reason::NeedsCredentials => format!(
+                "rule {:?}: {client} is not in {}; needs a user or token the rule accepts",
+                rule.name,
+                set_names(from)
+            ),
+        }
+    }
 }
 
 /// One rule's evaluation, for `camgate explain`.
@@ -221,7 +261,7 @@ impl RuleSet {
         Decision {
             verdict: Verdict::Deny { status: 403 },
             rule: None,
-            reason: "no rule matched: denied by default".to_owned(),
+            reason: Reason::NoRuleMatched,
         }
     }
 }
@@ -282,39 +322,21 @@ fn mismatch<'a>(
 }
 
 fn verdict(rule: &Rule, index: usize, client: IpAddr) -> Decision {
-    let decision = |verdict, reason: String| Decision {
+    let (verdict, reason) = match &rule.action {
+        Action::Allow => (Verdict::Allow, Reason::Allows),
+        Action::Deny { status } => (Verdict::Deny { status: *status }, Reason::Denies),
+        Action::Auth(requirement) => match requirement.from.iter().position(|set| set.contains(client)) {
+            Some(set) => (Verdict::Allow, Reason::InSet(set)),
+            None if requirement.users.is_empty() && requirement.tokens.is_empty() => {
+                (Verdict::Deny { status: 403 }, Reason::NotInSets)
+            }
+            None => (Verdict::NeedsCredentials, Reason::NeedsCredentials),
+        },
+    };
+    Decision {
         verdict,
         rule: Some(index),
         reason,
-    };
-    match &rule.action {
-        Action::Allow => decision(Verdict::Allow, format!("rule {:?} allows", rule.name)),
-        Action::Deny { status } => decision(
-            Verdict::Deny { status: *status },
-            format!("rule {:?} denies", rule.name),
-        ),
-        Action::Auth(requirement) => match requirement.from.iter().find(|set| set.contains(client)) {
-            Some(set) => decision(
-                Verdict::Allow,
-                format!("rule {:?}: {client} is in {:?}", rule.name, set.name),
-            ),
-            None if requirement.users.is_empty() && requirement.tokens.is_empty() => decision(
-                Verdict::Deny { status: 403 },
-                format!(
-                    "rule {:?}: {client} is not in {}",
-                    rule.name,
-                    set_names(&requirement.from)
-                ),
-            ),
-            None => decision(
-                Verdict::NeedsCredentials,
-                format!(
-                    "rule {:?}: {client} is not in {}; needs a user or token the rule accepts",
-                    rule.name,
-                    set_names(&requirement.from)
-                ),
-            ),
-        },
     }
 }
 
@@ -486,7 +508,7 @@ mod tests {
     fn mapped_ipv4_clients_match_ipv4_sets() {
         let set = rules(false);
         let d = decide(&set, &Method::GET, "/admin/x", "::ffff:192.168.1.5", false);
-        assert_eq!(d.verdict, Verdict::Allow, "{}", d.reason);
+        assert_eq!(d.verdict, Verdict::Allow, "{:?}", d.reason);
     }
 
     #[test]

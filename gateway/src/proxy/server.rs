@@ -321,23 +321,24 @@ fn serve(
     let state = Arc::clone(state);
     let tunnels = drain.clone();
     let make_service = move |connection: &ConnectionInfo| {
-        let handler = Handler {
+        let handler = Arc::new(Handler {
             state: Arc::clone(&state),
-            connection: Arc::new(connection.clone()),
+            connection: connection.clone(),
             tunnels: tunnels.clone(),
-        };
+        });
         hyper::service::service_fn(move |request| {
-            let handler = handler.clone();
+            let handler = Arc::clone(&handler);
             async move { Ok::<_, Infallible>(handler.handle(request).await) }
         })
     };
     net::serve_http(listener, transport, make_service, LIMITS, drain)
 }
 
-#[derive(Debug, Clone)]
+/// One per connection, shared by its requests.
+#[derive(Debug)]
 struct Handler {
     state: Arc<ArcSwap<ProxyState>>,
-    connection: Arc<ConnectionInfo>,
+    connection: ConnectionInfo,
     /// Websocket tunnels belong to the daemon's drain, not to a listener:
     /// they survive reloads and end at shutdown.
     tunnels: Drain,
@@ -380,7 +381,7 @@ impl RequestLine {
 }
 
 impl Handler {
-    async fn handle(self, request: Request<Incoming>) -> Response<ResponseBody> {
+    async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
         let state = self.state.load_full();
         let line = tracing::enabled!(target: "camgate::access", tracing::Level::INFO)
@@ -540,7 +541,7 @@ impl Handler {
         let client_upgrade = plan.websocket.then(|| hyper::upgrade::on(&mut request));
         let query = request.uri().query();
         let query = if plan.strip_credentials {
-            headers::without_query_param(query, "token")
+            auth::without_token(query)
         } else {
             query.map(std::borrow::Cow::Borrowed)
         };
@@ -561,7 +562,6 @@ impl Handler {
             &ForwardedFacts {
                 client: plan.client,
                 via_trusted_proxy: plan.via_trusted_proxy,
-                https: true,
                 host: plan.host,
                 port: self.connection.local.port(),
             },
@@ -583,8 +583,9 @@ impl Handler {
             }
             Ok(Err(e)) => {
                 let connect = e.is_connect();
-                log.why = Some(error_chain(&e));
-                tracing::warn!(site = %plan.site.site.name, err = %error_chain(&e), "upstream request failed");
+                let why = error_chain(&e);
+                tracing::warn!(site = %plan.site.site.name, err = %why, "upstream request failed");
+                log.why = Some(why);
                 let problem = if connect {
                     pages::BAD_GATEWAY
                 } else {

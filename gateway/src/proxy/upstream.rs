@@ -19,7 +19,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use rustls_pki_types::pem::PemObject;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::BoxError;
@@ -107,9 +106,7 @@ fn tls_config(site: &str, tls: &UpstreamTls) -> Result<rustls::ClientConfig, Ups
                 path: path.display().to_string(),
                 reason,
             };
-            let certificates = CertificateDer::pem_file_iter(path)
-                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                .map_err(|e| ca_error(e.to_string()))?;
+            let certificates = crate::tls::read_certificates(path).map_err(ca_error)?;
             let mut store = rustls::RootCertStore::empty();
             store.add_parsable_certificates(certificates);
             if store.is_empty() {
@@ -196,13 +193,15 @@ impl ServerCertVerifier for PinnedCertificate {
 /// A response body from the upstream that fails when no data arrived for
 /// `timeout` while the client was waiting for it. There is no total limit:
 /// MJPEG and other live streams never end. The timer only exists once the
-/// upstream has made the client wait, so short responses never arm it.
-/// It holds the site's in-flight permit until the body ends.
+/// upstream has made the client wait, so short responses never arm it;
+/// a stream reuses the one timer for every wait. It holds the site's in-flight permit until the body ends.
 #[derive(Debug)]
 pub struct UpstreamBody {
     inner: Incoming,
     timeout: Duration,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer counts the current wait (it is reset when a wait starts).
+    armed: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -212,6 +211,7 @@ impl UpstreamBody {
             inner,
             timeout,
             sleep: None,
+            armed: false,
             _permit: permit,
         }
     }
@@ -232,7 +232,7 @@ impl Body for UpstreamBody {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.sleep = None;
+                this.armed = false;
                 Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -240,6 +240,10 @@ impl Body for UpstreamBody {
                 let sleep = this
                     .sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if !this.armed {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + timeout);
+                    this.armed = true;
+                }
                 match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(UpstreamIdle(timeout))))),
                     Poll::Pending => Poll::Pending,
