@@ -377,13 +377,20 @@ fn create_token(
     scope: &[String],
     expires: Option<&str>,
 ) -> ExitCode {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) => {
-            eprintln!("camgate: cannot read {}: {e}", path.display());
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
+    #[derive(serde::Serialize)]
+    struct Entry<'a> {
+        name: &'a str,
+        secret_sha256: String,
+        site: &'a str,
+        scope: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires: Option<&'a str>,
+    }
+    #[derive(serde::Serialize)]
+    struct Tables<'a> {
+        token: [Entry<'a>; 1],
+    }
+
     let (secret, digest) = match crate::auth::token::generate() {
         Ok(generated) => generated,
         Err(e) => {
@@ -391,25 +398,26 @@ fn create_token(
             return ExitCode::from(EXIT_OS);
         }
     };
-    let quote = |value: &str| toml::Value::String(value.to_owned()).to_string();
-    let scope: Vec<String> = scope.iter().map(|entry| quote(entry)).collect();
-    let mut block = format!(
-        "\n[[token]]\nname = {}\nsecret_sha256 = \"{}\"\nsite = {}\nscope = [{}]\n",
-        quote(name),
-        crate::auth::token::hex(&digest),
-        quote(site),
-        scope.join(", "),
-    );
-    if let Some(expires) = expires {
-        block.push_str(&format!("expires = {}\n", quote(expires)));
-    }
-    let separator = if text.ends_with('\n') || text.is_empty() {
-        ""
-    } else {
-        "\n"
-    };
+    let block = toml::to_string(&Tables {
+        token: [Entry {
+            name,
+            secret_sha256: crate::auth::token::hex(&digest),
+            site,
+            scope,
+            expires,
+        }],
+    })
+    .expect("strings and a list of strings serialize");
     let store = config::store::ConfigStore::new(path, Overrides::default());
-    match store.save(&format!("{text}{separator}{block}")) {
+    let saved = store.edit(|text| {
+        let separator = if text.ends_with('\n') || text.is_empty() {
+            ""
+        } else {
+            "\n"
+        };
+        format!("{text}{separator}\n{block}")
+    });
+    match saved {
         Ok(_) => {
             eprintln!(
                 "camgate: token {name:?} added to {}; reload camgate (systemctl reload camgate) to use it. \

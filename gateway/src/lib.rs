@@ -1,7 +1,9 @@
 //! camgate: a self-hosted edge gateway for video surveillance.
 //!
 //! The binary (`main.rs`) only calls [`cli::main`]. Everything else is a
-//! library so tests can run the daemon in-process on `127.0.0.1:0`:
+//! library, and [`daemon::Daemon::start`] takes already-bound listeners
+//! (`127.0.0.1:0` in an embedding test); today's integration tests run the
+//! binary:
 //!
 //! - [`config`]: the TOML file → validated [`config::Config`]; the config store.
 //! - [`daemon`]: start, reload (two-phase), drain; systemd notifications.
@@ -12,6 +14,7 @@
 //! - [`setup`]: setup mode's one-time code.
 //! - [`proxy`]: the reverse proxy: canonical paths, rules, profiles, forwarding.
 //! - [`tls`]: server TLS config and the hot-swappable certificate resolver.
+//! - [`net`]: binding, and the hardened HTTP accept loop every listener uses.
 //!
 //! See ARCHITECTURE.md at the repository root for the invariants.
 

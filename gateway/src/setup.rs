@@ -7,7 +7,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{remove_if_present, write_new_private};
+use crate::fsutil::{remove_if_present, replace_private};
 
 /// No 0/O, 1/I: the code is read off a screen and typed on a phone.
 const ALPHABET: &[u8; 32] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
@@ -90,16 +90,13 @@ pub fn ensure_code(state_dir: &Path) -> Result<SetupCode, SetupCodeError> {
     let code = SetupCode::generate()?;
     // Written whole under a temporary name, then renamed: never a partial
     // code, never through a symlink planted at the final name, always 0600.
-    let temp = state_dir.join(".setup-code.tmp");
-    let io = |step| {
-        move |source| SetupCodeError::Io {
-            step,
-            path: code_path(state_dir),
+    replace_private(&path, format!("{}\n", code.as_str()).as_bytes()).map_err(|source| {
+        SetupCodeError::Io {
+            step: "store",
+            path: path.clone(),
             source,
         }
-    };
-    write_new_private(&temp, format!("{}\n", code.as_str()).as_bytes()).map_err(io("write"))?;
-    fs::rename(&temp, &path).map_err(io("store"))?;
+    })?;
     Ok(code)
 }
 

@@ -58,6 +58,8 @@ pub fn check_filter(directives: &str) -> Result<String, String> {
 /// Changes the log filter at run time (on reload).
 #[derive(Debug, Clone)]
 pub struct LogControl {
+    /// `None` when someone else owns the subscriber, or a valid `RUST_LOG`
+    /// (read once, at start) wins over the config.
     handle: Option<reload::Handle<EnvFilter, tracing_subscriber::Registry>>,
 }
 
@@ -71,21 +73,10 @@ impl LogControl {
     /// unless a valid `RUST_LOG` overrides them.
     pub fn apply(&self, directives: &str) {
         let Some(handle) = &self.handle else { return };
-        if env_filter().is_some() {
-            return;
-        }
         if let Err(e) = handle.reload(build_filter(directives)) {
             tracing::warn!(err = %e, "cannot change the log filter");
         }
     }
-}
-
-/// `RUST_LOG`, if set and valid (it goes through the same check as the
-/// config: a typo there must not crash camgate).
-fn env_filter() -> Option<String> {
-    std::env::var(EnvFilter::DEFAULT_ENV)
-        .ok()
-        .and_then(|env| check_filter(&env).ok())
 }
 
 /// A filter from directives that passed [`check_filter`]; targets they do
@@ -100,8 +91,14 @@ fn build_filter(directives: &str) -> EnvFilter {
 /// Installs the global subscriber with `default_directives` (overridden by
 /// a valid `RUST_LOG`). Call once, before anything logs.
 pub fn init(default_directives: &str) -> LogControl {
+    // `RUST_LOG` goes through the same check as the config: a typo there
+    // must not crash camgate.
+    let env = std::env::var(EnvFilter::DEFAULT_ENV)
+        .ok()
+        .map(|env| check_filter(&env));
+    let env_directives = env.as_ref().and_then(|checked| checked.as_ref().ok());
     let (filter, handle) = reload::Layer::new(build_filter(
-        &env_filter().unwrap_or_else(|| default_directives.to_owned()),
+        env_directives.map_or(default_directives, String::as_str),
     ));
     let registry = tracing_subscriber::registry().with(filter);
     let stderr = std::io::stderr;
@@ -122,12 +119,12 @@ pub fn init(default_directives: &str) -> LogControl {
             )
             .init();
     }
-    if let Ok(env) = std::env::var(EnvFilter::DEFAULT_ENV)
-        && let Err(e) = check_filter(&env)
-    {
+    if let Some(Err(e)) = &env {
         tracing::warn!("ignoring RUST_LOG: {e}");
     }
-    LogControl { handle: Some(handle) }
+    LogControl {
+        handle: env_directives.is_none().then_some(handle),
+    }
 }
 
 /// Prefixes each line with its syslog priority (`<3>` error … `<7>` debug).

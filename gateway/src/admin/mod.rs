@@ -1,6 +1,6 @@
 //! The admin listener: health, status and metrics now; the wizard's API
-//! later. It is for the LAN only; the firewall enforces that in appliance
-//! mode (isolation issue) and the wizard adds its own check.
+//! later. It is for the LAN only: until camgate manages the firewall, by
+//! where it is bound; the wizard will add its own check.
 
 pub mod metrics;
 

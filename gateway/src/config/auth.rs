@@ -6,9 +6,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::Problem;
-use super::proxy::{Principals, Site, is_identifier};
+use super::proxy::{Principals, Site, identifier};
 use super::raw::{RawAuth, RawToken, RawUser};
-use super::validate::duration;
+use super::validate::optional_duration;
 use crate::auth::{GuardSettings, PasswordDigest, Role, ScopeEntry, Token, User, token};
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -178,15 +178,6 @@ pub(super) fn guard(raw: RawAuth) -> Result<GuardSettings, Problem> {
     Ok(settings)
 }
 
-fn optional_duration(
-    value: Option<&Spanned<String>>,
-    key: &str,
-    max: Duration,
-    default: Duration,
-) -> Result<Duration, Problem> {
-    value.map_or(Ok(default), |value| duration(value, key, max))
-}
-
 fn unique_name(
     name: &Spanned<String>,
     seen: &mut HashSet<String>,
@@ -194,13 +185,7 @@ fn unique_name(
     key: &str,
 ) -> Result<String, Problem> {
     let text = name.get_ref();
-    if !is_identifier(text) {
-        return Err(Problem::new(
-            name.span(),
-            key,
-            format!("{kind} names use a-z, 0-9, '-' and '_'"),
-        ));
-    }
+    identifier(text, name.span(), key, kind)?;
     if !seen.insert(text.clone()) {
         return Err(Problem::new(
             name.span(),

@@ -1,9 +1,10 @@
 //! Configuration: one TOML file, two stages.
 //!
 //! ```text
-//! camgate.toml ──read (size cap, UTF-8)──▶ text
+//! camgate.toml ──read (size cap, UTF-8, not empty, no control characters)──▶ text
 //!              ──toml + serde (raw.rs, deny_unknown_fields, spans)──▶ RawConfig
-//!              ──validate (validate.rs: defaults by mode, addresses, filters)──▶ Config
+//!              ──validate (validate.rs; proxy.rs for sites and rules;
+//!                          auth.rs for users and tokens)──▶ Config
 //! ```
 //!
 //! Every error names the file, line, column and key (see [`error`]). The only

@@ -13,7 +13,7 @@ use toml::Spanned;
 use super::Mode;
 use super::error::Problem;
 use super::raw::{RawAction, RawProxy, RawRule, RawSite};
-use super::validate::{duration, socket_addresses};
+use super::validate::{optional_duration, socket_addresses};
 use crate::proxy::path::{PathPolicy, canonicalize};
 use crate::proxy::profiles::{self, Profile};
 use crate::proxy::rules::{
@@ -92,14 +92,12 @@ pub(super) fn proxy(raw: RawProxy, mode: Mode) -> Result<Proxy, Problem> {
         http_default,
         "the HTTP listener",
     )?;
-    let hsts_max_age = match raw.hsts_max_age {
-        None => Duration::from_secs(365 * 24 * 3600),
-        Some(age) => duration(
-            &age,
-            "proxy.hsts_max_age",
-            Duration::from_secs(2 * 365 * 24 * 3600),
-        )?,
-    };
+    let hsts_max_age = optional_duration(
+        raw.hsts_max_age.as_ref(),
+        "proxy.hsts_max_age",
+        Duration::from_secs(2 * 365 * 24 * 3600),
+        Duration::from_secs(365 * 24 * 3600),
+    )?;
     let trusted_proxies = raw
         .trusted_proxies
         .unwrap_or_default()
@@ -111,13 +109,7 @@ pub(super) fn proxy(raw: RawProxy, mode: Mode) -> Result<Proxy, Problem> {
     let mut sets = builtin_sets();
     for (name, nets) in raw.sets.unwrap_or_default() {
         let key = format!("proxy.sets.{name}");
-        if !is_identifier(&name) {
-            return Err(Problem::new(
-                nets.span(),
-                key,
-                "set names use a-z, 0-9, '-' and '_'",
-            ));
-        }
+        identifier(&name, nets.span(), &key, "set")?;
         let list_span = nets.span();
         let nets: Vec<IpNet> = nets
             .into_inner()
@@ -190,13 +182,7 @@ pub(super) fn sites(raw: Vec<RawSite>, proxy: &Proxy, principals: &Principals) -
     for (index, raw) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("site[{index}].{field}");
         let name = raw.name.get_ref().clone();
-        if !is_identifier(&name) {
-            return Err(Problem::new(
-                raw.name.span(),
-                key("name"),
-                "site names use a-z, 0-9, '-' and '_'",
-            ));
-        }
+        identifier(&name, raw.name.span(), &key("name"), "site")?;
         if let Some(first) = names.insert(name.clone(), index) {
             return Err(Problem::new(
                 raw.name.span(),
@@ -706,12 +692,27 @@ fn network(value: &Spanned<String>, key: &str) -> Result<IpNet, Problem> {
         })
 }
 
-pub(super) fn is_identifier(name: &str) -> bool {
-    !name.is_empty()
+/// Names of sites, sets, users and tokens: what logs and URLs can carry as is.
+pub(super) fn identifier(
+    name: &str,
+    span: std::ops::Range<usize>,
+    key: &str,
+    kind: &str,
+) -> Result<(), Problem> {
+    let valid = !name.is_empty()
         && name.len() <= 64
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            span,
+            key,
+            format!("{kind} names use a-z, 0-9, '-' and '_'"),
+        ))
+    }
 }
 
 /// A DNS name (lower-case) or an IP literal.

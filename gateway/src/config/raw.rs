@@ -1,6 +1,6 @@
-//! Stage one: the file's shape, exactly as written. Unknown keys are errors;
-//! every key is optional here and gets its default in `validate.rs`, because
-//! several defaults depend on the mode. Values that need checks beyond their
+//! Stage one: the file's shape, exactly as written. Unknown keys are errors.
+//! Keys with defaults are optional here and get them in stage two
+//! (`validate.rs`, `proxy.rs`, `auth.rs`), because several depend on the mode. Values that need checks beyond their
 //! type keep their span so those checks can point at them.
 
 use std::collections::BTreeMap;

@@ -20,7 +20,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use super::{Config, ConfigError, Overrides};
 use crate::fsutil::{remove_if_present, write_new_private};
@@ -66,9 +66,28 @@ impl ConfigStore {
     /// Blocking (fsync): call from `spawn_blocking` in async code.
     pub fn save(&self, text: &str) -> Result<Config, StoreError> {
         let config = super::parse(text, &self.path, self.overrides)?;
+        let _lock = self.lock()?;
+        self.replace(text)?;
+        Ok(config)
+    }
+
+    /// Reads the config file, applies `change` to its text and saves the
+    /// result if it is valid, all under the lock: a save by someone else
+    /// cannot land between the read and the write and be lost.
+    pub fn edit(&self, change: impl FnOnce(&str) -> String) -> Result<Config, StoreError> {
+        let _lock = self.lock()?;
+        let text = change(&super::read_text(&self.path)?);
+        let config = super::parse(&text, &self.path, self.overrides)?;
+        self.replace(&text)?;
+        Ok(config)
+    }
+
+    /// Serializes saves within the process (mutex) and across processes
+    /// (advisory lock on `.camgate.toml.lock`) until dropped.
+    fn lock(&self) -> Result<(MutexGuard<'_, ()>, File), StoreError> {
         // A poisoned mutex only means another save panicked; the file
-        // protocol below never leaves a half state, so carry on.
-        let _guard = self
+        // protocol never leaves a half state, so carry on.
+        let guard = self
             .in_process
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -81,7 +100,11 @@ impl ConfigStore {
             .open(&lock)
             .map_err(io("open lock file", &lock))?;
         lock_file.lock().map_err(io("lock", &lock))?;
+        Ok((guard, lock_file))
+    }
 
+    /// Steps 1–4 of the module's protocol; the caller holds the lock.
+    fn replace(&self, text: &str) -> Result<(), StoreError> {
         let temp = self.sibling(".", ".tmp");
         write_new_private(&temp, text.as_bytes()).map_err(io("write", &temp))?;
 
@@ -100,8 +123,7 @@ impl ConfigStore {
         let dir = self.dir();
         File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(io("sync directory", dir))?;
-        Ok(config)
+            .map_err(io("sync directory", dir))
     }
 
     fn dir(&self) -> &Path {

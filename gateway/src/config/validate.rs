@@ -173,10 +173,12 @@ fn daemon(raw: RawDaemon, mode: Mode) -> Result<Daemon, Problem> {
         }
     };
 
-    let shutdown_grace = match raw.shutdown_grace {
-        None => Duration::from_secs(10),
-        Some(grace) => duration(&grace, "daemon.shutdown_grace", MAX_SHUTDOWN_GRACE)?,
-    };
+    let shutdown_grace = optional_duration(
+        raw.shutdown_grace.as_ref(),
+        "daemon.shutdown_grace",
+        MAX_SHUTDOWN_GRACE,
+        Duration::from_secs(10),
+    )?;
 
     Ok(Daemon {
         mode,
@@ -257,6 +259,16 @@ fn socket_address(value: &Spanned<String>, key: &str) -> Result<SocketAddr, Prob
         ));
     }
     Ok(address)
+}
+
+/// [`duration`], or `default` when the key is absent.
+pub(super) fn optional_duration(
+    value: Option<&Spanned<String>>,
+    key: &str,
+    max: Duration,
+    default: Duration,
+) -> Result<Duration, Problem> {
+    value.map_or(Ok(default), |value| duration(value, key, max))
 }
 
 pub(super) fn duration(value: &Spanned<String>, key: &str, max: Duration) -> Result<Duration, Problem> {

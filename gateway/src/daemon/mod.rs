@@ -266,22 +266,6 @@ impl Daemon {
         Ok(daemon)
     }
 
-    pub fn status(&self) -> DaemonStatus {
-        self.status.borrow().clone()
-    }
-
-    pub fn admin_addrs(&self) -> Vec<SocketAddr> {
-        self.admin.local_addrs()
-    }
-
-    pub fn https_addrs(&self) -> Vec<SocketAddr> {
-        self.proxy.https_addrs()
-    }
-
-    pub fn http_addrs(&self) -> Vec<SocketAddr> {
-        self.proxy.http_addrs()
-    }
-
     /// Re-reads the config and applies it whole, or not at all.
     pub async fn reload(&mut self) -> Result<u64, ReloadError> {
         notify::reloading();
