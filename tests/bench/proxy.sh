@@ -15,7 +15,7 @@
 # Measured per server and round, each test on a freshly started server: idle RSS after start; RSS growth
 # while holding 1,000 idle TLS keep-alive connections (from 8 loopback addresses: camgate caps connections
 # per client address at 256); HTTP/1.1 (wrk -t1 -c64 -d10s --latency) and HTTP/2 (h2load -t1 -c32 -m10
-# -D 10) on /bytes?n=1024 with req/s, CPU us/request, p50/p99, peak RSS and new upstream connections;
+# -D 10) on /bytes (1 KiB) with req/s, CPU us/request, p50/p99, peak RSS and new upstream connections;
 # 200 MJPEG readers at 2 Mbit/s for 12 s with proxy CPU %, peak RSS and the bytes the readers really got
 # (so a broken proxy cannot look cheap). Results: one table per figure, ratios to nginx, PASS/MISS lines
 # for camgate's targets, and anomalies (failed requests, unused upstream pools, other load on the host).
@@ -209,6 +209,7 @@ EOF
     exit 1
   }
   spawn 1 "$work/upstream/stderr.log" nginx -c "$work/upstream/nginx.conf"
+  upstream_pid=$server_pid
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$upstream_port") 2>/dev/null && return 0
     sleep 0.1
@@ -281,7 +282,7 @@ frontend bench
   default_backend dvr
 backend dvr
   http-reuse always                 # share idle upstream connections between client connections
-  server fake-dvr 127.0.0.1:$upstream_port
+  server upstream 127.0.0.1:$upstream_port
 EOF
   spawn 0 "$d/stderr.log" haproxy -db -f "$d/haproxy.cfg"
 }
@@ -452,7 +453,6 @@ measure() {
 
 make_cert
 start_upstream
-upstream_pid=$server_pid
 echo "proxy.sh: $rounds round(s) of: $servers; upstream nginx pid $upstream_pid; results in $results" >&2
 for round in $(seq "$rounds"); do
   for s in $servers; do

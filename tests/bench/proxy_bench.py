@@ -246,7 +246,7 @@ def read_response(sock):
     return status, body
 
 
-def open_conn(ctx, port, source="127.0.0.1", path="/bytes?n=1024"):
+def open_conn(ctx, port, source="127.0.0.1", path="/bytes"):
     """A TLS keep-alive connection that has done one request, left idle."""
     raw = socket.create_connection((SITE, port), timeout=20, source_address=(source, 0))
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -370,7 +370,7 @@ def parse_time_ms(text):
 
 
 def cmd_h1(args):
-    url = f"https://{SITE}:{args.port}/bytes?n=1024"
+    url = f"https://{SITE}:{args.port}/bytes"
     cmd = ["wrk", "-t1", "-c64", f"-d{args.duration}s", "--latency", url]
     run = Run(args)
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -397,7 +397,7 @@ def cmd_h1(args):
 
 
 def cmd_h2(args):
-    url = f"https://{SITE}:{args.port}/bytes?n=1024"
+    url = f"https://{SITE}:{args.port}/bytes"
     with tempfile.NamedTemporaryFile(prefix="h2load-", dir=args.tmp) as log:
         cmd = ["h2load", "-t1", "-c32", "-m10", "-D", str(args.duration), "--log-file", log.name, url]
         run = Run(args)
@@ -670,12 +670,12 @@ def cmd_report(args):
     upstream_bound = False
     if shares:
         up, gen, busy = (statistics.median(x) for x in zip(*shares))
-        print(f"\nLoad side (CPU 1) in the HTTP/1.1 and HTTP/2 runs, median: {busy:.0f} % busy, of which upstream "
+        print(f"\nLoad side (CPU 1) in the HTTP/1.1 and HTTP/2 runs, median: {busy:.0f} % busy, of which the upstream nginx "
               f"{up:.0f} %, wrk/h2load {gen:.0f} %.")
         if up > gen:
             upstream_bound = True
             notes.append(f"the upstream took more of CPU 1 than wrk/h2load ({up:.0f} % vs {gen:.0f} %): "
-                         "the upstream, not the client, caps req/s, and its threads' scheduling on CPU 1 shows "
+                         "the upstream, not the client, caps req/s, and its scheduling on CPU 1 shows "
                          "in p99; compare proxies by CPU us/request")
 
     # Targets for camgate

@@ -126,6 +126,12 @@ pub struct Launch<'a> {
 }
 
 impl Camgate {
+    /// camgate's self-signed certificate, for a config with
+    /// `state_dir = "state"` (relative to the run directory).
+    pub fn self_signed_certificate(&self) -> PathBuf {
+        camgate::tls::self_signed_certificate_path(&self.dir.path().join("state"))
+    }
+
     /// Starts camgate and waits for READY=1; panics with its log if it
     /// exits first or takes too long.
     pub fn start(launch: Launch<'_>) -> Self {

@@ -47,6 +47,14 @@ impl FakeDvr {
         Self { peer, log }
     }
 
+    /// The `X-Test-Id` of every request received so far, in order.
+    pub fn received_ids(&self) -> Vec<Option<String>> {
+        self.received()
+            .into_iter()
+            .map(|r| r.header("x-test-id").map(str::to_owned))
+            .collect()
+    }
+
     /// Every request received so far.
     pub fn received(&self) -> Vec<Received> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

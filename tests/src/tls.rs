@@ -159,6 +159,11 @@ impl RawResponse {
 
 /// A `GET` with `Connection: close` and a test id header.
 pub fn get_request(target: &str, host: &str, id: &str) -> Vec<u8> {
-    format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nX-Test-Id: {id}\r\nConnection: close\r\n\r\n")
+    get_request_with(target, host, id, "")
+}
+
+/// [`get_request`] with `extra` header lines (each ending in `\r\n`).
+pub fn get_request_with(target: &str, host: &str, id: &str, extra: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nX-Test-Id: {id}\r\n{extra}Connection: close\r\n\r\n")
         .into_bytes()
 }

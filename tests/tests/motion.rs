@@ -78,7 +78,7 @@ fn motion_gui_passes_to_its_login_and_streams_need_the_lan() {
         )),
         env: Vec::new(),
     });
-    let certificate = camgate::tls::self_signed_certificate_path(&camgate.dir.path().join("state"));
+    let certificate = camgate.self_signed_certificate();
     let client = TlsClient::trusting(&[&certificate], &[b"http/1.1"]);
     let get = |from: &str, target: &str| -> RawResponse {
         let gateway = if from == "lan" {

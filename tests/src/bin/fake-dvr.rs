@@ -1,6 +1,6 @@
 //! An upstream that answers like iSpy Agent DVR's URL space and records every request head it parses. The
-//! integration tests run it behind camgate's proxy inside a namespace; the benchmark uses `/bytes` as a
-//! fast upstream.
+//! integration tests run it behind camgate's proxy inside a namespace; the benchmark uses its endless
+//! `video.mjpg`.
 //!
 //! Usage: `fake-dvr --listen ADDR [--listen ADDR ...] --log FILE [--tls-cert PEM --tls-key PEM
 //! --tls-listen ADDR ...]`. Prints `listening ADDR` per bound listener, then serves until killed.
@@ -21,7 +21,6 @@
 //! | LAST `video.mp4` `video.webm` `audio.mp3` `audio.ogg` `audio.wav` | 200, small fixed body |
 //! | LAST `ptz.cgi`, `command.cgi` | 200 `ok LAST QUERY` |
 //! | LAST `eventcounts.json` | 200 `{"events":3}` |
-//! | `/bytes?n=N` | 200 octet-stream, exactly N bytes (1024) |
 //! | POST/PUT `/upload` | 200 `received N bytes sha256 HEX` |
 //! | `/malformed`, `/malformed-nul` | raw responses with broken header lines |
 //! | `/redirect` | 302 with Location, Content-Location, Refresh naming this server's own address |
@@ -52,9 +51,6 @@ const USAGE: &str = "usage: fake-dvr --listen ADDR [--listen ADDR ...] --log FIL
                      [--tls-cert PEM --tls-key PEM --tls-listen ADDR ...]";
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
-/// `/bytes` responses up to this size are built once per connection and sent with one write.
-const BYTES_CACHE_MAX: u64 = 1 << 20;
-const BYTES_PATTERN: &[u8; 16] = b"abcdefghijklmnop";
 const HTML: &str = "text/html; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
 const BOUNDARY: &str = "fakedvrboundary";
@@ -449,11 +445,7 @@ impl Reply {
 }
 
 fn serve<T: Transport>(io: T, ctx: &Ctx) {
-    let mut conn = Conn {
-        io,
-        buf: Vec::new(),
-        bytes_cache: None,
-    };
+    let mut conn = Conn { io, buf: Vec::new() };
     loop {
         let req = match conn.read_head() {
             Head::Request(req) => req,
@@ -484,8 +476,6 @@ struct Conn<T> {
     io: T,
     /// Bytes read but not consumed yet: the rest of a head, a body, pipelined requests.
     buf: Vec<u8>,
-    /// The last `/bytes` response: (n, closing, encoded response).
-    bytes_cache: Option<(u64, bool, Vec<u8>)>,
 }
 
 impl<T: Transport> Conn<T> {
@@ -639,10 +629,6 @@ impl<T: Transport> Conn<T> {
             (_, "audio.wav") => Reply::ok("audio/wav", WAV),
             (_, "ptz.cgi" | "command.cgi") => Reply::ok(TEXT, format!("ok {last} {query}")),
             (_, "eventcounts.json") => Reply::ok("application/json", r#"{"events":3}"#),
-            ("/bytes", _) => {
-                self.bytes(num(query, "n", 1024), !keep)?;
-                return Ok(keep);
-            }
             ("/upload", _) if matches!(req.method.as_str(), "POST" | "PUT") => {
                 let hex: String = received
                     .sha256
@@ -681,41 +667,6 @@ impl<T: Transport> Conn<T> {
         self.io.write_all(response)?;
         self.io.flush()?;
         Ok(keep)
-    }
-
-    /// `/bytes`: the benchmark's upstream, so small responses go out with one write from a cache.
-    fn bytes(&mut self, n: u64, close: bool) -> io::Result<()> {
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nServer: fake-dvr\r\nContent-Type: application/octet-stream\r\n\
-             Content-Length: {n}\r\n{}\r\n",
-            if close { "Connection: close\r\n" } else { "" }
-        );
-        if n > BYTES_CACHE_MAX {
-            self.io.write_all(head.as_bytes())?;
-            let block = BYTES_PATTERN.repeat(4096);
-            let mut left = n;
-            while left > 0 {
-                let take = usize::try_from(left).map_or(block.len(), |left| left.min(block.len()));
-                self.io.write_all(&block[..take])?;
-                left -= take as u64;
-            }
-            return self.io.flush();
-        }
-        if !matches!(&self.bytes_cache, Some((cached, cached_close, _)) if (*cached, *cached_close) == (n, close))
-        {
-            let mut response = head.into_bytes();
-            response.extend(
-                BYTES_PATTERN
-                    .iter()
-                    .cycle()
-                    .take(usize::try_from(n).unwrap_or_default()),
-            );
-            self.bytes_cache = Some((n, close, response));
-        }
-        if let Some((_, _, response)) = &self.bytes_cache {
-            self.io.write_all(response)?;
-        }
-        self.io.flush()
     }
 }
 
