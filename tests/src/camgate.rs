@@ -197,6 +197,33 @@ impl Camgate {
         }
     }
 
+    /// Stops camgate with SIGTERM and starts it again on the same config
+    /// and state dir (in `netns`, as before); waits for READY=1. The new
+    /// process logs to `camgate-restarted.stderr`.
+    pub fn restart(&mut self, netns: Option<&Netns>) {
+        self.peer.signal(Signal::SIGTERM);
+        let status = self.peer.wait_exit(Duration::from_secs(30));
+        assert!(
+            status.success(),
+            "camgate exited with {status}:\n{}",
+            self.peer.stderr()
+        );
+        let binary = binary();
+        let mut command = match netns {
+            Some(netns) => netns.command(&binary),
+            None => Command::new(&binary),
+        };
+        command
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .current_dir(self.dir.path())
+            .env("NOTIFY_SOCKET", self.notify.path())
+            .env_remove("RUST_LOG");
+        self.peer = Peer::spawn("camgate-restarted", command, self.dir.path());
+        self.wait_notify("READY=1");
+    }
+
     pub fn write_config(&self, text: &str) {
         std::fs::write(&self.config_path, text).expect("write config");
     }

@@ -28,14 +28,30 @@ impl Reply {
 /// GET `url` from inside `netns`; `Err` for transport failures (refused,
 /// timeout), `Ok` for any HTTP status.
 pub fn get(netns: &Netns, url: &str) -> Result<Reply, ureq::Error> {
+    request(netns, "GET", url, &[])
+}
+
+/// A body-less request with extra `headers`, like [`get`].
+pub fn request(
+    netns: &Netns,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, ureq::Error> {
     netns.run(|| {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .proxy(None)
             .http_status_as_error(false)
+            .allow_non_standard_methods(true)
             .timeout_global(Some(Duration::from_secs(10)))
             .build()
             .into();
-        let mut response = agent.get(url).call()?;
+        let mut builder = ureq::http::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(()).map_err(ureq::Error::from)?;
+        let mut response = agent.run(request)?;
         let headers = response
             .headers()
             .iter()

@@ -6,10 +6,12 @@
 //! - [`http`]: a small HTTP client that runs inside a namespace.
 //! - [`tls`]: a raw TLS client for crafted requests.
 //! - [`dvr`]: the `fake-dvr` upstream and its request log.
+//! - [`lab`]: camgate between WAN and LAN namespaces with fake-dvr behind it.
 
 pub mod camgate;
 pub mod dvr;
 pub mod http;
+pub mod lab;
 pub mod netns;
 pub mod process;
 pub mod tls;

@@ -148,6 +148,21 @@ impl RawResponse {
             .map(|h| String::from_utf8_lossy(h.value).into_owned())
     }
 
+    /// Every value of a header of the first response (e.g. `Set-Cookie`).
+    pub fn headers_named(&self, name: &str) -> Vec<String> {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut response = httparse::Response::new(&mut headers);
+        if response.parse(&self.bytes).is_err() {
+            return Vec::new();
+        }
+        response
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            .collect()
+    }
+
     /// The body of the first response (after the blank line).
     pub fn body(&self) -> String {
         let text = self.text();

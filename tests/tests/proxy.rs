@@ -6,109 +6,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use camgate_tests::camgate::{Camgate, Launch, explain_json};
-use camgate_tests::dvr::FakeDvr;
-use camgate_tests::netns::Topology;
+use camgate_tests::lab::{DVR, GW_WAN, LAN, Lab, PROFILES, WAN, basic, credentials_config, wan_https};
 use camgate_tests::process::require_binary;
 use camgate_tests::tls::{RawResponse, TlsClient, get_request, get_request_with, read_to_close};
-use tempfile::TempDir;
 use tungstenite::Message;
-
-const GW_WAN: &str = "203.0.113.1";
-const WAN: &str = "203.0.113.2";
-const LAN: &str = "192.168.50.2";
-const DVR: &str = "http://192.168.50.2:8090";
-
-const PROFILES: [&str; 10] = [
-    "agentdvr",
-    "blueiris",
-    "frigate",
-    "generic",
-    "go2rtc",
-    "moonfire",
-    "motion",
-    "motioneye",
-    "shinobi",
-    "zoneminder",
-];
-
-/// camgate between WAN and LAN, fake-dvr on the LAN (ports 8090 and 8081:
-/// motion's profile sends streams to a second port), one site per profile
-/// named `<profile>.test`, plus `extra` config. Fields drop in order:
-/// camgate, then the DVR, then the namespaces.
-struct Lab {
-    camgate: Camgate,
-    dvr: FakeDvr,
-    net: Topology,
-    client: TlsClient,
-    _dir: TempDir,
-}
-
-impl Lab {
-    fn start(tag: &str, extra: &str) -> Self {
-        Self::start_with_dvr_args(tag, extra, &[])
-    }
-
-    fn start_with_dvr_args(tag: &str, extra: &str, dvr_args: &[&str]) -> Self {
-        let net = Topology::builder(tag)
-            .link(("gw", "203.0.113.1/24"), ("wan", "203.0.113.2/24"))
-            .link(("gw", "192.168.50.1/24"), ("lan", "192.168.50.2/24"))
-            .build();
-        let dir = tempfile::tempdir().unwrap();
-        let mut args = vec!["--listen", "192.168.50.2:8090", "--listen", "192.168.50.2:8081"];
-        args.extend_from_slice(dvr_args);
-        let dvr = FakeDvr::start(net.ns("lan"), &args, dir.path());
-        let sites: String = PROFILES
-            .iter()
-            .map(|p| format!("[[site]]\nname = \"{p}\"\nhosts = [\"{p}.test\"]\nupstream = \"{DVR}\"\nprofile = \"{p}\"\n"))
-            .collect();
-        let config = format!(
-            "[daemon]\nmode = \"dev\"\nstate_dir = \"state\"\nlog = \"info\"\n[admin]\nlisten = [\"127.0.0.1:8080\"]\n\
-             [proxy]\nhttps_listen = [\"0.0.0.0:443\"]\nhttp_listen = [\"0.0.0.0:80\"]\n{sites}{extra}"
-        );
-        let camgate = Camgate::start(Launch {
-            netns: Some(net.ns("gw")),
-            config: Some(config),
-            env: Vec::new(),
-        });
-        let client = TlsClient::trusting(&[&camgate.self_signed_certificate()], &[b"http/1.1"]);
-        Self {
-            camgate,
-            dvr,
-            net,
-            client,
-            _dir: dir,
-        }
-    }
-
-    /// One raw request on a new TLS connection from `from` ("wan"/"lan"),
-    /// with SNI `sni`.
-    fn raw(&self, from: &str, sni: &str, request: &[u8]) -> RawResponse {
-        // The LAN reaches camgate on its LAN address.
-        let address = if from == "lan" {
-            SocketAddr::new("192.168.50.1".parse().unwrap(), 443)
-        } else {
-            wan_https()
-        };
-        self.client.exchange(self.net.ns(from), address, sni, request)
-    }
-
-    fn get(&self, from: &str, host: &str, target: &str, id: &str) -> RawResponse {
-        self.raw(from, host, &get_request(target, host, id))
-    }
-
-    fn explain(&self, site: &str, from: &str, request: &str) -> serde_json::Value {
-        explain_json(&self.camgate.config_path, site, from, request)
-    }
-}
-
-/// camgate's HTTPS listener as the WAN sees it.
-fn wan_https() -> SocketAddr {
-    SocketAddr::new(GW_WAN.parse().unwrap(), 443)
-}
 
 /// Protected paths per profile: each must be refused from the WAN.
 fn protected_paths(profile: &str) -> [&'static str; 2] {
@@ -900,57 +803,6 @@ fn https_upstreams_are_checked_against_their_pinned_fingerprint() {
     assert_eq!(lab.get("wan", "wrongpin.test", "/index.html", "p3").status(), 502);
     let reached: Vec<String> = lab.dvr.received_ids().into_iter().flatten().collect();
     assert_eq!(reached, ["p1", "p2"]);
-}
-
-/// `camgate hash-password` and `camgate token create`, run as a user would.
-fn credentials_config(dir: &Path) -> (String, String) {
-    let mut hash = Command::new(camgate_tests::camgate::binary())
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    hash.stdin.take().unwrap().write_all(b"correct horse\n").unwrap();
-    let output = hash.wait_with_output().unwrap();
-    assert!(output.status.success());
-    let phc = String::from_utf8(output.stdout).unwrap().trim().to_owned();
-
-    let users = format!("[[user]]\nname = \"alice\"\npassword_hash = \"{phc}\"\n");
-    let path = dir.join("token.toml");
-    let site = format!(
-        "[daemon]\nmode = \"dev\"\n[[site]]\nname = \"agentdvr\"\nhosts = [\"agentdvr.test\"]\nupstream = \"{DVR}\"\nprofile = \"agentdvr\"\n"
-    );
-    std::fs::write(&path, &site).unwrap();
-    let created = Command::new(camgate_tests::camgate::binary())
-        .args([
-            "token",
-            "create",
-            "ha",
-            "--site",
-            "agentdvr",
-            "--scope",
-            "/grab.jpg?oids=1",
-            "--config",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    let secret = String::from_utf8(created.stdout).unwrap().trim().to_owned();
-    let written = std::fs::read_to_string(&path).unwrap();
-    assert!(!written.contains(&secret), "the config keeps only the digest");
-    let token_block = written.strip_prefix(&site).unwrap().to_owned();
-    (format!("{users}{token_block}"), secret)
-}
-
-fn basic(user: &str, password: &str) -> String {
-    use base64::Engine as _;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    format!("Authorization: Basic {encoded}\r\n")
 }
 
 #[test]

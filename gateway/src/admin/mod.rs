@@ -1,7 +1,9 @@
-//! The admin listener: health, status and metrics now; the wizard's API
-//! later. It is for the LAN only: until camgate manages the firewall, by
-//! where it is bound; the wizard will add its own check.
+//! The admin listener: health, status and metrics; the ban and session
+//! lists (admin-role users only); the wizard's API later. It is for the LAN
+//! only: until camgate manages the firewall, by where it is bound; the
+//! wizard will add its own check.
 
+mod credentials;
 pub mod metrics;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -9,15 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use tokio::sync::watch;
 use tower::ServiceExt;
 use tracing::Instrument;
 
+use crate::auth::{AuthShared, Principal};
 use crate::daemon::{DaemonStatus, SubsystemState, SubsystemStatus};
 use crate::net::{self, HttpLimits, ListenError, ListenerKind, ListenerSet, Serving, StagedListeners};
 use crate::shutdown::Drain;
@@ -46,6 +49,8 @@ pub struct AppState {
     pub started: Instant,
     /// Host names the admin interface answers to, besides IP literals.
     pub host_names: Arc<Vec<String>>,
+    /// Users, bans and sessions (shared with the proxy).
+    pub auth: Arc<AuthShared>,
 }
 
 /// `localhost`, `camgate.local`, and this machine's host name (plain and
@@ -63,7 +68,17 @@ pub fn default_host_names() -> Vec<String> {
 }
 
 pub fn router(state: AppState) -> Router {
+    let admin_only = Router::new()
+        .route("/api/bans", get(list_bans))
+        .route("/api/bans/{address}", delete(lift_ban))
+        .route("/api/sessions", get(list_sessions))
+        .route("/api/sessions/{id}", delete(revoke_session))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            credentials::require_admin,
+        ));
     Router::new()
+        .merge(admin_only)
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/status", get(status))
@@ -148,6 +163,79 @@ async fn status(State(state): State<AppState>) -> Response {
         daemon: &daemon,
     })
     .into_response()
+}
+
+async fn list_bans(State(state): State<AppState>) -> Response {
+    Json(state.auth.guard.bans(Instant::now())).into_response()
+}
+
+async fn lift_ban(
+    State(state): State<AppState>,
+    axum::Extension(admin): axum::Extension<Principal>,
+    Path(address): Path<String>,
+) -> Response {
+    let Ok(address) = address.parse::<IpAddr>() else {
+        return api_error(StatusCode::BAD_REQUEST, "not an IP address");
+    };
+    let address = address.to_canonical();
+    if !state.auth.guard.lift(address, Instant::now()) {
+        return api_error(StatusCode::NOT_FOUND, "this address is not banned");
+    }
+    tracing::info!(target: "camgate::audit", event = "unban", client.addr = %address,
+        by = %principal_name(&admin), "ban lifted by an admin");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(serde::Serialize)]
+struct SessionView {
+    id: String,
+    user: String,
+    site: String,
+    created: u64,
+    last_seen: u64,
+}
+
+async fn list_sessions(State(state): State<AppState>) -> Response {
+    let settings = state.auth.sessions.settings();
+    let sessions: Vec<SessionView> = state
+        .auth
+        .sessions
+        .table()
+        .list(crate::auth::session::unix_now(), settings)
+        .into_iter()
+        .map(|(id, s)| SessionView {
+            id,
+            user: s.user,
+            site: s.site,
+            created: s.created,
+            last_seen: s.last_seen,
+        })
+        .collect();
+    Json(sessions).into_response()
+}
+
+async fn revoke_session(
+    State(state): State<AppState>,
+    axum::Extension(admin): axum::Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(ended) = state.auth.sessions.table().revoke_public(&id) else {
+        return api_error(StatusCode::NOT_FOUND, "no such session");
+    };
+    state.auth.save_sessions().await;
+    tracing::info!(target: "camgate::audit", event = "session", action = "revoke", principal = %ended.user,
+        site = %ended.site, session = %id, by = %principal_name(&admin), "session revoked by an admin");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn principal_name(principal: &Principal) -> &str {
+    match principal {
+        Principal::User(name) | Principal::Token(name) => name,
+    }
+}
+
+fn api_error(status: StatusCode, message: &'static str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

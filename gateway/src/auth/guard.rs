@@ -64,7 +64,14 @@ struct Counter {
 struct Tables {
     addresses: HashMap<IpAddr, Counter>,
     users: HashMap<String, Counter>,
+    /// Login form posts per address in the current minute.
+    logins: HashMap<IpAddr, (Instant, u32)>,
 }
+
+/// Login form posts one address may make per minute, right or wrong: each
+/// costs an argon2 run, and guessing stays slow even from exempt networks.
+const LOGINS_PER_MINUTE: u32 = 10;
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// A ban, as listed by the admin API.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -159,6 +166,31 @@ impl Guard {
         }
         prune(&mut tables, now);
         penalty
+    }
+
+    /// Counts a login form post; `Err(retry_after)` over the rate limit.
+    pub fn login_attempt(&self, address: IpAddr, now: Instant) -> Result<(), Duration> {
+        let mut tables = self.tables();
+        if tables.logins.len() >= MAX_TRACKED {
+            tables
+                .logins
+                .retain(|_, (start, _)| now.duration_since(*start) < MINUTE);
+            if tables.logins.len() >= MAX_TRACKED {
+                // Flooded from very many addresses: refuse new ones until a
+                // minute passes rather than grow.
+                return Err(MINUTE);
+            }
+        }
+        let (start, count) = tables.logins.entry(address).or_insert((now, 0));
+        if now.duration_since(*start) >= MINUTE {
+            *start = now;
+            *count = 0;
+        }
+        if *count >= LOGINS_PER_MINUTE {
+            return Err(MINUTE.saturating_sub(now.duration_since(*start)));
+        }
+        *count += 1;
+        Ok(())
     }
 
     /// A correct credential clears the failure counts (not the ban history).
@@ -386,5 +418,24 @@ mod tests {
             *recorder.0.lock().unwrap(),
             ["ban 2001:db8::1", "lift 2001:db8::1"]
         );
+    }
+
+    #[test]
+    fn the_login_form_is_rate_limited_per_address() {
+        let guard = Guard::new(settings(), Box::new(NoSink));
+        let t0 = Instant::now();
+        let (a, b): (IpAddr, IpAddr) = ("203.0.113.7".parse().unwrap(), "203.0.113.8".parse().unwrap());
+        for i in 0..LOGINS_PER_MINUTE {
+            assert_eq!(
+                guard.login_attempt(a, t0 + Duration::from_secs(u64::from(i))),
+                Ok(())
+            );
+        }
+        assert_eq!(
+            guard.login_attempt(a, t0 + Duration::from_secs(20)),
+            Err(Duration::from_secs(40))
+        );
+        assert_eq!(guard.login_attempt(b, t0 + Duration::from_secs(20)), Ok(()));
+        assert_eq!(guard.login_attempt(a, t0 + MINUTE), Ok(()));
     }
 }

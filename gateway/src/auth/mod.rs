@@ -1,5 +1,6 @@
-//! Credentials for `auth` rules: users (argon2id passwords, HTTP Basic),
-//! API tokens (Bearer or `?token=`), and the brute-force guard.
+//! Credentials for `auth` rules: users (argon2id passwords, HTTP Basic or
+//! the login page's session cookie), API tokens (Bearer or `?token=`), and
+//! the brute-force guard.
 //!
 //! The rule engine says *that* credentials are needed ([`Verdict::NeedsCredentials`]);
 //! this module says whether the request has them. Audit events go to the
@@ -9,20 +10,23 @@
 
 pub mod guard;
 pub mod password;
+pub mod session;
 pub mod token;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use base64::Engine as _;
 use http::HeaderMap;
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, COOKIE};
 use tokio::sync::Semaphore;
 
 pub use guard::{Ban, BanSink, Guard, GuardSettings, NoSink, Penalty};
 pub use password::PasswordDigest;
+pub use session::{SessionSettings, Sessions};
 pub use token::{ScopeEntry, Token};
 
 use crate::proxy::path::CanonicalPath;
@@ -77,12 +81,28 @@ impl Credentials {
     pub fn user(&self, name: &str) -> Option<&User> {
         self.users.get(name)
     }
+
+    /// Users with the admin role (for the admin API).
+    pub fn admins(&self) -> Vec<String> {
+        let mut admins: Vec<String> = self
+            .users
+            .values()
+            .filter(|user| user.role == Role::Admin)
+            .map(|user| user.name.clone())
+            .collect();
+        admins.sort();
+        admins
+    }
 }
 
-/// State that outlives config reloads: bans, and the verification pool.
+/// Authentication state shared by the proxy and the admin API. It outlives
+/// config reloads: bans, sessions and the verification pool stay; users,
+/// tokens and settings are replaced by [`AuthShared::configure`].
 #[derive(Debug)]
 pub struct AuthShared {
+    credentials: ArcSwap<Credentials>,
     pub guard: Guard,
+    pub sessions: Sessions,
     verifications: Semaphore,
     verified: Mutex<HashMap<token::Digest, Instant>>,
     /// Keys the verified-credentials cache, so its entries are useless
@@ -91,17 +111,55 @@ pub struct AuthShared {
 }
 
 impl AuthShared {
-    pub fn new(settings: GuardSettings, sink: Box<dyn BanSink>) -> Self {
+    pub fn new(config: &crate::config::auth::Auth, sessions: Sessions, sink: Box<dyn BanSink>) -> Self {
         let mut cache_key = [0u8; 32];
         // Without randomness the cache is keyed by a constant: still a cache
         // of this process's own successes, and still cleared on restart.
         let _ = getrandom::fill(&mut cache_key);
+        sessions.configure(config.sessions);
         Self {
-            guard: Guard::new(settings, sink),
+            credentials: ArcSwap::from_pointee(Credentials::new(&config.users, &config.tokens)),
+            guard: Guard::new(config.guard, sink),
+            sessions,
             verifications: Semaphore::new(CONCURRENT_VERIFICATIONS),
             verified: Mutex::new(HashMap::new()),
             cache_key,
         }
+    }
+
+    /// A reloaded config's users, tokens and settings; bans and sessions stay
+    /// (a session whose user is gone or has a new password ends on next use).
+    pub fn configure(&self, config: &crate::config::auth::Auth) {
+        self.credentials
+            .store(Arc::new(Credentials::new(&config.users, &config.tokens)));
+        self.guard.configure(config.guard);
+        self.sessions.configure(config.sessions);
+    }
+
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.credentials.load_full()
+    }
+
+    /// Saves the sessions file off the async workers.
+    pub async fn save_sessions(self: &Arc<Self>) {
+        let shared = Arc::clone(self);
+        let saved = tokio::task::spawn_blocking(move || shared.sessions.save()).await;
+        if let Ok(Err(e)) = saved {
+            tracing::error!(err = %e, "cannot save the sessions file; sessions will not survive a restart");
+        }
+    }
+
+    /// Saves session use (`last_seen`) once a minute, and everything when
+    /// camgate drains.
+    pub async fn keep_sessions_saved(self: Arc<Self>, drain: crate::shutdown::Drain) {
+        const EVERY: Duration = Duration::from_secs(60);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(EVERY) => self.save_sessions().await,
+                () = drain.started() => break,
+            }
+        }
+        self.save_sessions().await;
     }
 
     fn cache_id(&self, user: &User, password: &[u8]) -> token::Digest {
@@ -167,10 +225,14 @@ pub enum Presented {
     },
     /// From `Authorization: Bearer` or the `token` query parameter.
     Token(String),
+    /// The login page's cookie.
+    Session(String),
     Malformed(&'static str),
 }
 
-/// Reads `Authorization` (Basic or Bearer), else the `token` query parameter.
+/// Reads `Authorization` (Basic or Bearer), else the `token` query
+/// parameter, else the session cookie: what a client sends on purpose
+/// wins over what a browser sends by itself.
 pub fn presented(headers: &HeaderMap, query: Option<&str>) -> Presented {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     if let Some(value) = values.next() {
@@ -181,11 +243,28 @@ pub fn presented(headers: &HeaderMap, query: Option<&str>) -> Presented {
     }
     let mut tokens = query_values(query, TOKEN_PARAMETER);
     match (tokens.next(), tokens.next()) {
-        (None, _) => Presented::None,
+        (None, _) => match cookie(headers, session::COOKIE) {
+            Some(value) => Presented::Session(value.to_owned()),
+            None => Presented::None,
+        },
         (Some(_), Some(_)) => Presented::Malformed("more than one token parameter"),
         (Some(token), None) if token.is_empty() => Presented::Malformed("empty token parameter"),
         (Some(token), None) => Presented::Token(token),
     }
+}
+
+/// The first cookie named `name` in the request's `Cookie` header(s)
+/// (HTTP/2 may split them).
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then_some(value)
+        })
 }
 
 fn query_values<'q>(query: Option<&'q str>, key: &'q str) -> impl Iterator<Item = String> + 'q {
@@ -266,32 +345,34 @@ pub struct Attempt<'a> {
 }
 
 /// Checks `presented` against `attempt`'s rule; counts failures and audits.
-pub async fn authenticate(
-    credentials: &Credentials,
-    shared: &AuthShared,
-    attempt: &Attempt<'_>,
-    presented: Presented,
-) -> Outcome {
+pub async fn authenticate(shared: &AuthShared, attempt: &Attempt<'_>, presented: Presented) -> Outcome {
     let now = Instant::now();
     if let Some(left) = shared.guard.address_ban(attempt.client, now) {
         return Outcome::Banned(left);
     }
+    let credentials = shared.credentials();
     // `name`: the user or token the request claimed, for the audit log and
     // (user names only) the per-name failure count.
     let (method, name, outcome) = match presented {
         Presented::None => return Outcome::Missing,
         Presented::Malformed(why) => ("malformed", None, Outcome::Invalid(why)),
         Presented::Token(secret) => {
-            let (name, outcome) = token_outcome(credentials, attempt, &secret);
+            let (name, outcome) = token_outcome(&credentials, attempt, &secret);
             ("token", name, outcome)
         }
+        Presented::Session(cookie) => {
+            let (name, outcome) = session_outcome(&credentials, shared, attempt, &cookie);
+            ("session", name, outcome)
+        }
         Presented::Basic { user, password } => {
-            let outcome = password_outcome(credentials, shared, attempt, &user, &password, now).await;
+            let outcome = password_outcome(&credentials, shared, attempt, &user, &password, now).await;
             ("basic", Some(user), outcome)
         }
     };
     let name = name.as_deref();
     match outcome {
+        // A session was audited at login; every image of a page is not news.
+        Outcome::Granted(_) if method == "session" => outcome,
         Outcome::Granted(_) => {
             tracing::info!(target: "camgate::audit", event = "login", ok = true, method, principal = name,
                 client.addr = %attempt.client, site = attempt.site, rule = attempt.rule, "access granted");
@@ -317,8 +398,125 @@ pub async fn authenticate(
             audit(attempt, method, name, "user name locked after repeated failures");
             outcome
         }
-        Outcome::Missing => outcome,
+        Outcome::Missing => {
+            if method == "session" {
+                tracing::info!(target: "camgate::audit", event = "login", ok = false, method, principal = name,
+                    client.addr = %attempt.client, site = attempt.site, rule = attempt.rule,
+                    why = "session unknown, expired or revoked", "access refused");
+            }
+            outcome
+        }
     }
+}
+
+/// A session cookie: one camgate issued, still alive, for this site, made
+/// with the user's current password, and the rule admits the user.
+fn session_outcome(
+    credentials: &Credentials,
+    shared: &AuthShared,
+    attempt: &Attempt<'_>,
+    cookie: &str,
+) -> (Option<String>, Outcome) {
+    let Some(digest) = session::parse_secret(cookie) else {
+        return (None, Outcome::Invalid("malformed session cookie"));
+    };
+    let settings = shared.sessions.settings();
+    let mut table = shared.sessions.table();
+    let session = match table.check(&digest, session::unix_now(), settings) {
+        session::Lookup::Gone => return (None, Outcome::Missing),
+        session::Lookup::Valid(session) => session.clone(),
+    };
+    let name = Some(session.user.clone());
+    if session.site != attempt.site {
+        return (name, Outcome::Forbidden("the session is for another site"));
+    }
+    let current = credentials
+        .user(&session.user)
+        .is_some_and(|user| session::credential_fingerprint(user.digest.as_str()) == session.credential);
+    if !current {
+        // The user was removed or has a new password: the session ends.
+        table.revoke(&digest);
+        return (name, Outcome::Missing);
+    }
+    drop(table);
+    let outcome = if admits(&attempt.requirement.users, &session.user) {
+        Outcome::Granted(Principal::User(session.user))
+    } else {
+        Outcome::Forbidden("this user may not use this path")
+    };
+    (name, outcome)
+}
+
+fn admits(users: &[String], user: &str) -> bool {
+    users.iter().any(|u| u == "*" || u == user)
+}
+
+/// A successful login: the session cookie's value.
+#[derive(Debug)]
+pub struct Login {
+    pub user: String,
+    pub cookie: String,
+}
+
+/// The login form: checks the password like Basic credentials (same guard,
+/// same audit), then starts a new session. Any session the browser had is
+/// ended first, so a login always rotates the cookie.
+pub async fn login(
+    shared: &Arc<AuthShared>,
+    attempt: &Attempt<'_>,
+    user: String,
+    password: Vec<u8>,
+    previous: Option<&str>,
+) -> Result<Login, Outcome> {
+    let outcome = authenticate(shared, attempt, Presented::Basic { user, password }).await;
+    let Outcome::Granted(Principal::User(user)) = outcome else {
+        return Err(outcome);
+    };
+    let credential = shared
+        .credentials()
+        .user(&user)
+        .map(|u| session::credential_fingerprint(u.digest.as_str()))
+        .unwrap_or_default();
+    let Ok((cookie, digest)) = session::generate() else {
+        tracing::error!("no randomness for a session cookie");
+        return Err(Outcome::Invalid("camgate cannot start a session"));
+    };
+    let now = session::unix_now();
+    {
+        let mut table = shared.sessions.table();
+        if let Some(previous) = previous.and_then(session::parse_secret) {
+            table.revoke(&previous);
+        }
+        table.insert(
+            digest,
+            session::Session {
+                user: user.clone(),
+                site: attempt.site.to_owned(),
+                credential,
+                created: now,
+                last_seen: now,
+            },
+        );
+    }
+    shared.save_sessions().await;
+    tracing::info!(target: "camgate::audit", event = "session", action = "start", principal = %user,
+        client.addr = %attempt.client, site = attempt.site, session = %session::public_id(&digest),
+        "session started");
+    Ok(Login { user, cookie })
+}
+
+/// Ends the browser's session (logout). True if there was one.
+pub async fn logout(shared: &Arc<AuthShared>, cookie: &str, client: IpAddr, site: &str) -> bool {
+    let Some(digest) = session::parse_secret(cookie) else {
+        return false;
+    };
+    let Some(ended) = shared.sessions.table().revoke(&digest) else {
+        return false;
+    };
+    shared.save_sessions().await;
+    tracing::info!(target: "camgate::audit", event = "session", action = "logout", principal = %ended.user,
+        client.addr = %client, site, session = %session::public_id(&digest), "session ended");
+    true
 }
 
 /// Basic credentials: a locked name (from outside), the password, the rule's user list.
@@ -339,7 +537,7 @@ async fn password_outcome(
         return Outcome::Invalid("wrong user name or password");
     }
     shared.guard.success(attempt.client, user);
-    if attempt.requirement.users.iter().any(|u| u == "*" || u == user) {
+    if admits(&attempt.requirement.users, user) {
         Outcome::Granted(Principal::User(user.to_owned()))
     } else {
         Outcome::Forbidden("this user may not use this path")

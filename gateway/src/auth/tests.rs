@@ -72,8 +72,7 @@ fn authorization_headers_and_query_tokens_are_read_strictly() {
 }
 
 struct Fixture {
-    credentials: Credentials,
-    shared: AuthShared,
+    shared: Arc<AuthShared>,
     requirement: Requirement,
     secret: String,
     path: CanonicalPath,
@@ -103,15 +102,21 @@ fn fixture(users: &[&str], tokens: &[&str]) -> Fixture {
         expires: Some(SystemTime::UNIX_EPOCH),
         ..token.clone()
     };
+    let config = crate::config::auth::Auth {
+        users: vec![alice().clone()],
+        tokens: vec![token, expired],
+        guard: GuardSettings {
+            failures: 3,
+            ..GuardSettings::default()
+        },
+        sessions: SessionSettings::default(),
+    };
     Fixture {
-        credentials: Credentials::new(&[alice().clone()], &[token, expired]),
-        shared: AuthShared::new(
-            GuardSettings {
-                failures: 3,
-                ..GuardSettings::default()
-            },
+        shared: Arc::new(AuthShared::new(
+            &config,
+            Sessions::in_memory(config.sessions),
             Box::new(NoSink),
-        ),
+        )),
         requirement: Requirement {
             from: vec![],
             users: users.iter().map(|s| s.to_string()).collect(),
@@ -123,17 +128,36 @@ fn fixture(users: &[&str], tokens: &[&str]) -> Fixture {
 }
 
 impl Fixture {
-    async fn check(&self, client: &str, exempt: bool, query: Option<&str>, presented: Presented) -> Outcome {
-        let attempt = Attempt {
-            site: "dvr",
+    fn attempt<'a>(
+        &'a self,
+        site: &'a str,
+        client: &str,
+        exempt: bool,
+        query: Option<&'a str>,
+    ) -> Attempt<'a> {
+        Attempt {
+            site,
             rule: Some("streams"),
             requirement: &self.requirement,
             client: client.parse().unwrap(),
             exempt,
             path: &self.path,
             query,
-        };
-        authenticate(&self.credentials, &self.shared, &attempt, presented).await
+        }
+    }
+
+    async fn check(&self, client: &str, exempt: bool, query: Option<&str>, presented: Presented) -> Outcome {
+        authenticate(
+            &self.shared,
+            &self.attempt("dvr", client, exempt, query),
+            presented,
+        )
+        .await
+    }
+
+    async fn login(&self, site: &str, password: &str, previous: Option<&str>) -> Result<Login, Outcome> {
+        let attempt = self.attempt(site, "203.0.113.7", false, None);
+        login(&self.shared, &attempt, "alice".into(), password.into(), previous).await
     }
 }
 
@@ -228,4 +252,107 @@ async fn tokens_are_held_to_their_rule_site_scope_and_expiry() {
         f.check(wan, false, None, Presented::Malformed("x")).await,
         Outcome::Banned(_)
     ));
+}
+
+#[tokio::test]
+async fn sessions_grant_their_user_on_their_site_until_revoked() {
+    let f = fixture(&["alice"], &[]);
+    let wan = "203.0.113.7";
+    assert!(matches!(
+        f.login("dvr", "wrong", None).await,
+        Err(Outcome::Invalid(_))
+    ));
+    let first = f.login("dvr", "s3cret", None).await.unwrap();
+    let session = |cookie: &str| Presented::Session(cookie.to_owned());
+    assert_eq!(
+        f.check(wan, false, None, session(&first.cookie)).await,
+        Outcome::Granted(Principal::User("alice".into()))
+    );
+    // Logging in again rotates: the old cookie is dead.
+    let second = f.login("dvr", "s3cret", Some(&first.cookie)).await.unwrap();
+    assert_ne!(first.cookie, second.cookie);
+    assert_eq!(
+        f.check(wan, false, None, session(&first.cookie)).await,
+        Outcome::Missing
+    );
+    // Another site's session does not open this one.
+    let elsewhere = f.login("garage", "s3cret", None).await.unwrap();
+    assert_eq!(
+        f.check(wan, false, None, session(&elsewhere.cookie)).await,
+        Outcome::Forbidden("the session is for another site")
+    );
+    // A tampered cookie is a failure the guard counts; a well-formed
+    // unknown one is just a session that ended.
+    let mut tampered = second.cookie.clone();
+    tampered.push('0');
+    assert!(matches!(
+        f.check(wan, false, None, session(&tampered)).await,
+        Outcome::Invalid(_)
+    ));
+    let flipped = format!(
+        "{}{}",
+        &second.cookie[..10],
+        if &second.cookie[10..11] == "a" { "b" } else { "a" }
+    ) + &second.cookie[11..];
+    assert_eq!(
+        f.check(wan, false, None, session(&flipped)).await,
+        Outcome::Missing
+    );
+    // Logout ends it server-side.
+    assert!(logout(&f.shared, &second.cookie, wan.parse().unwrap(), "dvr").await);
+    assert_eq!(
+        f.check(wan, false, None, session(&second.cookie)).await,
+        Outcome::Missing
+    );
+}
+
+#[tokio::test]
+async fn a_new_password_or_a_removed_user_ends_sessions() {
+    let f = fixture(&["*"], &[]);
+    let cookie = f.login("dvr", "s3cret", None).await.unwrap().cookie;
+    let wan = "203.0.113.8";
+    let mut config = crate::config::auth::Auth {
+        users: vec![alice().clone()],
+        ..crate::config::auth::Auth::default()
+    };
+    f.shared.configure(&config);
+    assert!(matches!(
+        f.check(wan, false, None, Presented::Session(cookie.clone()))
+            .await,
+        Outcome::Granted(_)
+    ));
+    config.users[0].digest = PasswordDigest::parse(&password::hash(b"n3w").unwrap()).unwrap();
+    f.shared.configure(&config);
+    assert_eq!(
+        f.check(wan, false, None, Presented::Session(cookie.clone()))
+            .await,
+        Outcome::Missing
+    );
+    assert!(
+        f.shared
+            .sessions
+            .table()
+            .list(session::unix_now(), SessionSettings::default())
+            .is_empty()
+    );
+}
+
+#[test]
+fn the_session_cookie_is_read_after_explicit_credentials() {
+    let mut map = HeaderMap::new();
+    map.insert(
+        COOKIE,
+        HeaderValue::from_static("a=1; __Host-camgate-session=cgs_x"),
+    );
+    assert_eq!(presented(&map, None), Presented::Session("cgs_x".into()));
+    assert_eq!(presented(&map, Some("token=t")), Presented::Token("t".into()));
+    map.insert(AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+    assert_eq!(presented(&map, None), Presented::Token("b".into()));
+    let mut split = HeaderMap::new();
+    split.append(COOKIE, HeaderValue::from_static("a=1"));
+    split.append(COOKIE, HeaderValue::from_static("__Host-camgate-session=cgs_y"));
+    assert_eq!(presented(&split, None), Presented::Session("cgs_y".into()));
+    let mut lookalike = HeaderMap::new();
+    lookalike.insert(COOKIE, HeaderValue::from_static("x__Host-camgate-session=cgs_z"));
+    assert_eq!(presented(&lookalike, None), Presented::None);
 }

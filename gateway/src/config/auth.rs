@@ -9,13 +9,14 @@ use super::error::Problem;
 use super::proxy::{Principals, Site, identifier};
 use super::raw::{RawAuth, RawToken, RawUser};
 use super::validate::optional_duration;
-use crate::auth::{GuardSettings, PasswordDigest, Role, ScopeEntry, Token, User, token};
+use crate::auth::{GuardSettings, PasswordDigest, Role, ScopeEntry, SessionSettings, Token, User, token};
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Auth {
     pub users: Vec<User>,
     pub tokens: Vec<Token>,
     pub guard: GuardSettings,
+    pub sessions: SessionSettings,
 }
 
 /// Names first: site rules are checked against them before tokens, which
@@ -174,6 +175,41 @@ pub(super) fn guard(raw: RawAuth) -> Result<GuardSettings, Problem> {
     if settings.max_ban < settings.ban {
         let span = raw.max_ban_time.as_ref().map_or(0..0, Spanned::span);
         return Err(Problem::new(span, "auth.max_ban_time", "shorter than `ban_time`"));
+    }
+    Ok(settings)
+}
+
+pub(super) fn sessions(raw: &RawAuth) -> Result<SessionSettings, Problem> {
+    let defaults = SessionSettings::default();
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let minute = Duration::from_secs(60);
+    let settings = SessionSettings {
+        idle: optional_duration(
+            raw.session_idle_timeout.as_ref(),
+            "auth.session_idle_timeout",
+            year,
+            defaults.idle,
+        )?,
+        lifetime: optional_duration(
+            raw.session_lifetime.as_ref(),
+            "auth.session_lifetime",
+            year,
+            defaults.lifetime,
+        )?,
+    };
+    // Use is recorded once a minute: shorter limits could not be kept.
+    for (value, key, length) in [
+        (
+            &raw.session_idle_timeout,
+            "auth.session_idle_timeout",
+            settings.idle,
+        ),
+        (&raw.session_lifetime, "auth.session_lifetime", settings.lifetime),
+    ] {
+        if length < 5 * minute {
+            let span = value.as_ref().map_or(0..0, Spanned::span);
+            return Err(Problem::new(span, key, "at least 5 minutes"));
+        }
     }
     Ok(settings)
 }

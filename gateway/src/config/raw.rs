@@ -30,7 +30,7 @@ pub(super) struct RawConfig {
     pub(super) tokens: Vec<RawToken>,
 }
 
-/// `[auth]`: the brute-force guard.
+/// `[auth]`: the brute-force guard and browser sessions.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "an [auth] table")]
 pub(super) struct RawAuth {
@@ -42,6 +42,10 @@ pub(super) struct RawAuth {
     pub(super) ban_time: Option<Spanned<String>>,
     /// Default `"24h"`.
     pub(super) max_ban_time: Option<Spanned<String>>,
+    /// A session unused this long ends. Default `"24h"`.
+    pub(super) session_idle_timeout: Option<Spanned<String>>,
+    /// A session ends this long after login. Default `"7d"`.
+    pub(super) session_lifetime: Option<Spanned<String>>,
 }
 
 /// `[[user]]`

@@ -92,13 +92,19 @@ pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, P
     let users = auth::users(raw.users)?;
     let sites = proxy::sites(raw.sites, &proxy, &principals)?;
     let tokens = auth::tokens(raw.tokens, &sites)?;
+    let sessions = auth::sessions(&raw.auth)?;
     let guard = auth::guard(raw.auth)?;
     let config = Config {
         daemon,
         admin,
         proxy,
         sites,
-        auth: Auth { users, tokens, guard },
+        auth: Auth {
+            users,
+            tokens,
+            guard,
+            sessions,
+        },
     };
     check_listener_clashes(&config)?;
     Ok(config)

@@ -21,12 +21,16 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminServer, AppState, Metrics};
+use crate::auth::{AuthShared, NoSink, Sessions};
 use crate::config::{Config, ConfigError, ConfigSource, Loaded, Mode};
 use crate::net::{self, ListenError};
 use crate::proxy::server::{self, ProxyError, ProxyServer};
 use crate::setup;
 use crate::shutdown::Drain;
 use crate::telemetry::LogControl;
+
+/// Browser sessions, under the state dir (0600).
+const SESSIONS_FILE: &str = "sessions.json";
 
 /// Sockets bound before the daemon starts: by `main` from the config, or by
 /// a test on `127.0.0.1:0`. `admin[i]` serves `config.admin.listen[i]`,
@@ -162,6 +166,7 @@ pub struct Daemon {
     drain: Drain,
     admin: AdminServer,
     proxy: ProxyServer,
+    auth: Arc<AuthShared>,
     status: watch::Sender<DaemonStatus>,
     metrics: Arc<Metrics>,
 }
@@ -207,8 +212,16 @@ impl Daemon {
             system_changes: system_changes(&config),
             subsystems: Vec::new(),
         });
+        // The firewall's ban set plugs in here once camgate manages nftables.
+        let auth = Arc::new(AuthShared::new(
+            &config.auth,
+            Sessions::load(config.daemon.state_dir.join(SESSIONS_FILE), config.auth.sessions),
+            Box::new(NoSink),
+        ));
+        drain.spawn(Arc::clone(&auth).keep_sessions_saved(drain.clone()));
         let router = admin::router(AppState {
             status: status_rx,
+            auth: Arc::clone(&auth),
             metrics: Arc::clone(&metrics),
             started,
             host_names: Arc::new(admin::default_host_names()),
@@ -234,6 +247,7 @@ impl Daemon {
                 .copied()
                 .zip(listeners.http)
                 .collect(),
+            Arc::clone(&auth),
             &drain,
         )?;
 
@@ -245,6 +259,7 @@ impl Daemon {
             drain,
             admin,
             proxy,
+            auth,
             status,
             metrics,
         };
@@ -327,6 +342,7 @@ impl Daemon {
 
         // Commit.
         self.admin.commit(admin, &self.drain).await;
+        self.auth.configure(&new.auth);
         self.proxy.commit(proxy, &self.drain).await;
         self.log.apply(&new.daemon.log);
         self.config = new;

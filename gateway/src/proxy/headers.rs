@@ -345,9 +345,71 @@ pub fn scrub_query(query: &str) -> String {
         .join("&")
 }
 
+/// Removes the cookies whose names start with `prefix` (camgate's own),
+/// and joins the `Cookie` fields HTTP/2 may split into one, as an HTTP/1.1
+/// upstream expects (RFC 9113 §8.2.3).
+pub fn strip_cookies(headers: &mut HeaderMap, prefix: &str) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let Some(first) = values.next() else {
+        return;
+    };
+    let split = values.next().is_some();
+    let prefix = prefix.as_bytes();
+    if !split && !first.as_bytes().windows(prefix.len()).any(|w| w == prefix) {
+        return;
+    }
+    let kept: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty() && !pair.starts_with(prefix))
+        .collect();
+    let joined = kept.join(&b"; "[..]);
+    headers.remove(header::COOKIE);
+    if let Ok(value) = HeaderValue::from_bytes(&joined)
+        && !joined.is_empty()
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn camgate_cookies_never_reach_the_dvr_and_split_cookies_are_joined() {
+        let strip = |values: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(header::COOKIE, HeaderValue::from_static(value));
+            }
+            strip_cookies(&mut headers, "__Host-camgate-");
+            let left: Vec<&str> = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            left.join("|")
+        };
+        assert_eq!(strip(&[]), "");
+        assert_eq!(strip(&["sid=1; theme=dark"]), "sid=1; theme=dark");
+        assert_eq!(
+            strip(&["sid=1; __Host-camgate-session=cgs_x;theme=dark"]),
+            "sid=1; theme=dark"
+        );
+        assert_eq!(
+            strip(&["__Host-camgate-session=cgs_x; __Host-camgate-csrf=y"]),
+            ""
+        );
+        assert_eq!(
+            strip(&["sid=1", "__Host-camgate-session=cgs_x", "theme=dark"]),
+            "sid=1; theme=dark"
+        );
+        // Another cookie that merely contains the prefix in its value stays.
+        assert_eq!(strip(&["a=__Host-camgate-x"]), "a=__Host-camgate-x");
+    }
 
     #[test]
     fn only_the_named_parameter_leaves_the_query() {

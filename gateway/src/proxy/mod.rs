@@ -5,6 +5,7 @@
 
 pub mod evaluate;
 pub mod headers;
+pub mod login;
 pub mod pages;
 pub mod path;
 pub mod profiles;

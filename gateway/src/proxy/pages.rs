@@ -53,6 +53,21 @@ pub const BANNED: Problem = Problem::new(
     "banned",
     "Too many failed sign-ins from your address. Wait before trying again.",
 );
+pub const LOGIN_RATE_LIMITED: Problem = Problem::new(
+    StatusCode::TOO_MANY_REQUESTS,
+    "rate_limited",
+    "Too many sign-in attempts from your address. Wait a minute before trying again.",
+);
+pub const METHOD_NOT_ALLOWED: Problem = Problem::new(
+    StatusCode::METHOD_NOT_ALLOWED,
+    "method_not_allowed",
+    "This address does not take that method.",
+);
+pub const TOO_LARGE: Problem = Problem::new(
+    StatusCode::PAYLOAD_TOO_LARGE,
+    "too_large",
+    "The form is larger than camgate accepts.",
+);
 pub const NOT_FOUND: Problem = Problem::new(StatusCode::NOT_FOUND, "not_found", "There is nothing here.");
 pub const UNKNOWN_SITE: Problem = Problem::new(
     StatusCode::NOT_FOUND,
@@ -137,7 +152,7 @@ pub fn respond(problem: Problem, html: bool) -> Response<ResponseBody> {
     response
 }
 
-fn full(body: impl Into<Bytes>) -> ResponseBody {
+pub(super) fn full(body: impl Into<Bytes>) -> ResponseBody {
     Full::new(body.into()).map_err(|never| match never {}).boxed()
 }
 

@@ -23,11 +23,11 @@ use tracing::Instrument;
 use super::ResponseBody;
 use super::evaluate::evaluate;
 use super::headers::{self, ForwardedFacts, RequestHost};
-use super::pages;
 use super::path::CanonicalPath;
-use super::rules::{Action, NetSet, RuleUpstream, Verdict};
+use super::rules::{Action, NetSet, Requirement, RuleUpstream, Verdict};
 use super::upstream::{self, ClientSettings, UpstreamBody, UpstreamClient, UpstreamError};
-use crate::auth::{self, Attempt, AuthShared, Credentials, GuardSettings, NoSink, Outcome};
+use super::{login, pages};
+use crate::auth::{self, Attempt, AuthShared, Outcome, session};
 use crate::config::Config;
 use crate::daemon::{SubsystemState, SubsystemStatus};
 use crate::net::{
@@ -82,8 +82,7 @@ struct ProxyState {
     trusted_proxies: Vec<IpNet>,
     /// Where the HTTP listener redirects to.
     https_port: Option<u16>,
-    credentials: Credentials,
-    /// Bans and the password-verification pool: kept across reloads.
+    /// Users, tokens, bans and sessions; the same across reloads.
     auth: Arc<AuthShared>,
 }
 
@@ -102,6 +101,9 @@ struct SiteProxy {
     hsts: Option<HeaderValue>,
     /// The networks of the site's `auth` rules (its LAN): never banned.
     exempt: Vec<NetSet>,
+    /// Every user the site's `auth` rules accept: who may log in here.
+    /// `None` when no rule takes a password.
+    login: Option<Requirement>,
 }
 
 impl ProxyState {
@@ -148,6 +150,7 @@ impl ProxyState {
                 in_flight,
                 hsts: site.certificate.as_ref().and(hsts.clone()),
                 exempt: exempt_networks(site),
+                login: login_requirement(site),
             });
             for host in &site.hosts {
                 by_host.insert(host.clone(), Arc::clone(&proxy));
@@ -158,7 +161,6 @@ impl ProxyState {
             site_count: config.sites.len(),
             trusted_proxies: config.proxy.trusted_proxies.clone(),
             https_port: config.proxy.https_listen.first().map(SocketAddr::port),
-            credentials: Credentials::new(&config.auth.users, &config.auth.tokens),
             auth: Arc::clone(auth),
         })
     }
@@ -178,6 +180,25 @@ fn exempt_networks(site: &crate::config::Site) -> Vec<NetSet> {
         }
     }
     sets
+}
+
+/// The users of all the site's `auth` rules, for its login page.
+fn login_requirement(site: &crate::config::Site) -> Option<Requirement> {
+    let mut users: Vec<String> = Vec::new();
+    for rule in &site.rules.rules {
+        if let Action::Auth(requirement) = &rule.action {
+            for user in &requirement.users {
+                if !users.contains(user) {
+                    users.push(user.clone());
+                }
+            }
+        }
+    }
+    (!users.is_empty()).then_some(Requirement {
+        from: Vec::new(),
+        users,
+        tokens: Vec::new(),
+    })
 }
 
 /// Where a rule sends requests: its URL, or the site's upstream host on
@@ -216,7 +237,6 @@ pub struct StagedProxy {
     http: StagedListeners,
     state: ProxyState,
     certificates: CertTable,
-    guard: GuardSettings,
 }
 
 impl ProxyServer {
@@ -224,6 +244,7 @@ impl ProxyServer {
         config: &Config,
         https: Vec<(SocketAddr, std::net::TcpListener)>,
         http: Vec<(SocketAddr, std::net::TcpListener)>,
+        auth: Arc<AuthShared>,
         drain: &Drain,
     ) -> Result<Self, ProxyError> {
         let resolver = Arc::new(CertResolver::new(CertTable::load(
@@ -231,8 +252,6 @@ impl ProxyServer {
             &config.daemon.state_dir,
         )?));
         let tls = tls::server_config(Arc::clone(&resolver))?;
-        // The firewall's ban set plugs in here once camgate manages nftables.
-        let auth = Arc::new(AuthShared::new(config.auth.guard, Box::new(NoSink)));
         let state = Arc::new(ArcSwap::from_pointee(ProxyState::build(config, None, &auth)?));
         let https = ListenerSet::start(HTTPS_LISTENER, https, &|listener| {
             serve(&state, &tls, true, listener, drain)
@@ -256,13 +275,11 @@ impl ProxyServer {
             http: self.http.stage(&config.proxy.http_listen)?,
             state: ProxyState::build(config, Some(&self.state.load()), &self.auth)?,
             certificates: CertTable::load(&config.sites, &config.daemon.state_dir)?,
-            guard: config.auth.guard,
         })
     }
 
     pub async fn commit(&mut self, staged: StagedProxy, drain: &Drain) {
         self.resolver.replace(staged.certificates);
-        self.auth.guard.configure(staged.guard);
         self.state.store(Arc::new(staged.state));
         let (state, tls) = (&self.state, &self.tls);
         self.https
@@ -447,6 +464,19 @@ impl Handler {
 
         let peer = self.connection.client.ip().to_canonical();
         let client = headers::client_address(peer, request.headers(), &state.trusted_proxies);
+        let exempt = site.exempt.iter().any(|set| set.contains(client));
+        if request.uri().path().starts_with(login::PREFIX) {
+            log.decision = "camgate";
+            let context = login::PageContext {
+                site: &site.site.name,
+                host: &host,
+                client,
+                exempt,
+                login: site.login.as_ref(),
+                auth: &state.auth,
+            };
+            return login::serve(&context, request).await;
+        }
         let websocket = headers::is_websocket_upgrade(&request);
         let evaluation = evaluate(
             &site.site,
@@ -458,6 +488,11 @@ impl Handler {
         );
         log.decision = evaluation.label();
         let (path, decision) = match (&evaluation.path, &evaluation.decision) {
+            // camgate's own paths, spelled another way, are not the DVR's.
+            (Ok(path), _) if path.as_str().starts_with(login::PREFIX) => {
+                log.reject("camgate's own path in another spelling");
+                return pages::respond(pages::NOT_FOUND, html);
+            }
             (Ok(path), Some(decision)) => (path, decision),
             (Err(e), _) => {
                 log.why = Some(e.to_string());
@@ -484,17 +519,17 @@ impl Handler {
                     rule: Some(&rule.name),
                     requirement,
                     client,
-                    exempt: site.exempt.iter().any(|set| set.contains(client)),
+                    exempt,
                     path,
                     query: request.uri().query(),
                 };
                 let presented = auth::presented(request.headers(), request.uri().query());
-                match auth::authenticate(&state.credentials, &state.auth, &attempt, presented).await {
+                match auth::authenticate(&state.auth, &attempt, presented).await {
                     Outcome::Granted(_) => {}
-                    Outcome::Missing => return challenge(requirement, &site.site.name, html),
+                    Outcome::Missing => return challenge(requirement, &site.site.name, &request, html),
                     Outcome::Invalid(why) => {
                         log.why = Some(why.to_owned());
-                        return challenge(requirement, &site.site.name, html);
+                        return challenge(requirement, &site.site.name, &request, html);
                     }
                     Outcome::Forbidden(why) => {
                         log.why = Some(why.to_owned());
@@ -554,6 +589,8 @@ impl Handler {
         let headers = outgoing.headers_mut();
         *headers = parts.headers;
         headers::strip_hop_by_hop(headers);
+        // The session and CSRF cookies mean nothing to the DVR, on any rule.
+        headers::strip_cookies(headers, session::COOKIE_PREFIX);
         if plan.strip_credentials {
             headers.remove(header::AUTHORIZATION);
         }
@@ -675,12 +712,31 @@ struct Forward<'a> {
     strip_credentials: bool,
 }
 
-/// 401 with the schemes the rule accepts.
+/// A browser opening a page goes to the login form (when the rule takes
+/// users); everything else gets 401 with the schemes the rule accepts.
 fn challenge(
-    requirement: &crate::proxy::rules::Requirement,
+    requirement: &Requirement,
     site: &str,
+    request: &Request<Incoming>,
     html: bool,
 ) -> Response<ResponseBody> {
+    let navigating = html && matches!(*request.method(), Method::GET | Method::HEAD);
+    if navigating && !requirement.users.is_empty() {
+        let path = request.uri().path();
+        let query = auth::without_token(request.uri().query()).filter(|q| !q.is_empty());
+        let target = match query {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        };
+        let mut response = login::login_redirect(&target);
+        if login::has_session_cookie(request.headers()) {
+            // The browser's session ended: forget it.
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, login::expired_session_cookie());
+        }
+        return response;
+    }
     let mut response = pages::respond(pages::UNAUTHORIZED, html);
     // Site names are identifiers, so the realm needs no escaping.
     let schemes = [
