@@ -15,6 +15,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `Upgrade: websocket` + `Sec-WebSocket-Key`, any path | 101, then echo text/binary messages |
+//! | LAST `live.html` | 200 html with `<img id="live" src="video.mjpg?size=4096&fps=5">` |
 //! | path `/`, ending in `/` or `.html` | 200 html `fake-dvr gui PATH` |
 //! | LAST `grab.jpg` | 200 image/jpeg, 1 KiB |
 //! | LAST `video.mjpg?size=BYTES&fps=N` | endless multipart/x-mixed-replace JPEG frames (16384, 10) |
@@ -614,6 +615,7 @@ impl<T: Transport> Conn<T> {
         let path = raw_path.to_ascii_lowercase();
         let last = path.rsplit('/').next().unwrap_or_default();
         let reply = match (path.as_str(), last) {
+            (_, "live.html") => Reply::ok(HTML, LIVE_PAGE),
             (p, _) if p.ends_with('/') || p.ends_with(".html") => {
                 Reply::ok(HTML, format!("<html><body>fake-dvr gui {raw_path}</body></html>"))
             }
@@ -670,6 +672,10 @@ impl<T: Transport> Conn<T> {
     }
 }
 
+/// A DVR's live view: one MJPEG tile, as a browser test opens it.
+const LIVE_PAGE: &str = "<!doctype html><html><head><title>fake-dvr live</title></head><body>\
+    <h1>fake-dvr live</h1><img id=\"live\" alt=\"camera\" src=\"video.mjpg?size=4096&amp;fps=5\"></body></html>";
+
 /// Parses query parameter `key` (a simple split on `&` and `=`, no decoding), or `default`.
 fn num<N: FromStr>(query: &str, key: &str, default: N) -> N {
     query
@@ -680,12 +686,36 @@ fn num<N: FromStr>(query: &str, key: &str, default: N) -> N {
         .unwrap_or(default)
 }
 
-/// A JPEG-looking image of `len` bytes (at least 22): SOI, a JFIF APP0 segment, filler, EOI.
+/// A 16×16 baseline JPEG (made once with ffmpeg, its comment segment removed), so browsers can decode
+/// the frames: the browser test checks that the `<img>` shows them.
+const TINY_JPEG: &[u8] = b"\
+    \xff\xd8\xff\xe0\x00\x10\x4a\x46\x49\x46\x00\x01\x02\x00\x00\x01\x00\x01\x00\x00\xff\xdb\x00\x43\
+    \x00\x08\x14\x14\x17\x14\x17\x1b\x1b\x1b\x1b\x1b\x1b\x20\x1e\x20\x21\x21\x21\x20\x20\x20\x20\x21\
+    \x21\x21\x24\x24\x24\x2a\x2a\x2a\x24\x24\x24\x21\x21\x24\x24\x28\x28\x2a\x2a\x2e\x2f\x2e\x2b\x2b\
+    \x2a\x2b\x2f\x2f\x32\x32\x32\x3c\x3c\x39\x39\x46\x46\x48\x56\x56\x67\xff\xc4\x00\x4c\x00\x01\x01\
+    \x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x05\x01\x01\x01\x00\x00\x00\x00\x00\
+    \x00\x00\x00\x00\x00\x00\x00\x00\x00\x06\x07\x10\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+    \x00\x00\x00\x00\x00\x11\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\
+    \xc0\x00\x11\x08\x00\x10\x00\x10\x03\x01\x22\x00\x02\x11\x00\x03\x11\x00\xff\xda\x00\x0c\x03\x01\
+    \x00\x02\x11\x03\x11\x00\x3f\x00\x8a\x02\x88\x2c\xff\xd9\
+";
+
+/// A decodable JPEG of exactly `len` bytes (at least the 206 of [`TINY_JPEG`]): padded with comment
+/// segments after the JFIF header, and the last 1–3 bytes as fill bytes (0xFF) before the next marker.
 fn jpeg(len: usize) -> Vec<u8> {
-    const HEAD: &[u8] = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00";
-    let mut image = HEAD.to_vec();
-    image.resize(len.max(HEAD.len() + 2) - 2, 0);
-    image.extend_from_slice(b"\xff\xd9");
+    const HEADER: usize = 20; // SOI + APP0
+    let mut image = TINY_JPEG[..HEADER].to_vec();
+    let mut pad = len.saturating_sub(TINY_JPEG.len());
+    while pad >= 4 {
+        let payload = (pad - 4).min(65_533);
+        let length = u16::try_from(payload + 2).expect("at most 65535");
+        image.extend_from_slice(&[0xff, 0xfe]);
+        image.extend_from_slice(&length.to_be_bytes());
+        image.resize(image.len() + payload, 0);
+        pad -= payload + 4;
+    }
+    image.resize(image.len() + pad, 0xff);
+    image.extend_from_slice(&TINY_JPEG[HEADER..]);
     image
 }
 
