@@ -343,7 +343,6 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response<ResponseBody> {
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <meta name=\"referrer\" content=\"no-referrer\">\
          <title>{title}</title><link rel=\"stylesheet\" href=\"{STYLE_PATH}\"></head>\
          <body><main><h1>{title}</h1>{body}<p class=\"brand\">camgate</p></main></body></html>"
     );
@@ -354,7 +353,9 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response<ResponseBody> {
         (header::CONTENT_TYPE, "text/html; charset=utf-8"),
         (header::CACHE_CONTROL, "no-store"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: with it, Chromium sends `Origin: null` on the
+        // form's POST, and the origin check would refuse every login.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::CONTENT_SECURITY_POLICY, SECURITY_POLICY),
     ] {
