@@ -68,6 +68,9 @@ pub struct User {
 pub struct Credentials {
     users: HashMap<String, User>,
     tokens: HashMap<token::Digest, Token>,
+    /// Per user, the password fingerprint a live session must carry
+    /// (computed once here, not per request).
+    fingerprints: HashMap<String, String>,
 }
 
 impl Credentials {
@@ -75,7 +78,15 @@ impl Credentials {
         Self {
             users: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
             tokens: tokens.iter().map(|t| (t.digest, t.clone())).collect(),
+            fingerprints: users
+                .iter()
+                .map(|u| (u.name.clone(), session::credential_fingerprint(u.digest.as_str())))
+                .collect(),
         }
+    }
+
+    fn fingerprint(&self, user: &str) -> Option<&str> {
+        self.fingerprints.get(user).map(String::as_str)
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {
@@ -422,29 +433,29 @@ fn session_outcome(
     };
     let settings = shared.sessions.settings();
     let mut table = shared.sessions.table();
-    let session = match table.check(&digest, session::unix_now(), settings) {
+    let (user, same_site, current) = match table.check(&digest, session::unix_now(), settings) {
         session::Lookup::Gone => return (None, Outcome::Missing),
-        session::Lookup::Valid(session) => session.clone(),
+        session::Lookup::Valid(session) => (
+            session.user.clone(),
+            session.site == attempt.site,
+            credentials.fingerprint(&session.user) == Some(session.credential.as_str()),
+        ),
     };
-    let name = Some(session.user.clone());
-    if session.site != attempt.site {
-        return (name, Outcome::Forbidden("the session is for another site"));
+    if !same_site {
+        return (Some(user), Outcome::Forbidden("the session is for another site"));
     }
-    let current = credentials
-        .user(&session.user)
-        .is_some_and(|user| session::credential_fingerprint(user.digest.as_str()) == session.credential);
     if !current {
         // The user was removed or has a new password: the session ends.
         table.revoke(&digest);
-        return (name, Outcome::Missing);
+        return (Some(user), Outcome::Missing);
     }
     drop(table);
-    let outcome = if admits(&attempt.requirement.users, &session.user) {
-        Outcome::Granted(Principal::User(session.user))
+    if admits(&attempt.requirement.users, &user) {
+        // Granted sessions are not audited per request: no name needed.
+        (None, Outcome::Granted(Principal::User(user)))
     } else {
-        Outcome::Forbidden("this user may not use this path")
-    };
-    (name, outcome)
+        (Some(user), Outcome::Forbidden("this user may not use this path"))
+    }
 }
 
 fn admits(users: &[String], user: &str) -> bool {
