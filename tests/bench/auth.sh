@@ -43,28 +43,12 @@ upstream_port=8080 https_port=8445 admin_port=8446 http_port=8447
 base=https://bench.test:$https_port
 password='bench password'
 work=$(mktemp -d /tmp/cgbench-auth.XXXXXX)
-started=()
-cleanup() {
-  local pid
-  for pid in "${started[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=tests/bench/lib.sh
+. "$here/lib.sh"
 
 ip link set lo up
 printf '127.0.0.1 localhost bench.test\n' >"$work/hosts"
 mount --bind "$work/hosts" /etc/hosts
-
-# Starts "$@" in its own process group pinned to CPU $1, output to $2; its pid in $spawned.
-spawn() {
-  local cpu=$1 log=$2
-  shift 2
-  setsid taskset -c "$cpu" "$@" >"$log" 2>&1 &
-  started+=("$!")
-  spawned=$!
-}
 
 wait_port() {
   for _ in $(seq 100); do
@@ -152,7 +136,7 @@ password_hash = "$hash"
 EOF
 token=$("$CAMGATE_BIN" token create bench --site bench --scope rule:bearer --config "$work/camgate.toml")
 spawn 0 "$work/camgate.log" "$CAMGATE_BIN" run --config "$work/camgate.toml"
-camgate_pid=$spawned
+camgate_pid=$server_pid
 wait_port "$https_port" "$work/camgate.log"
 
 # A real login: the form's CSRF cookie, then the POST; the session cookie from curl's jar.
@@ -227,7 +211,7 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 echo
-echo "camgate $("$CAMGATE_BIN" version | head -1), $rounds round(s) of ${seconds} s, wrk -t1 -c64, 1 KiB, TLS 1.3"
+echo "$("$CAMGATE_BIN" version | head -1), $rounds round(s) of ${seconds} s, wrk -t1 -c64, 1 KiB, TLS 1.3"
 printf '%-8s %10s %8s %12s %8s\n' case req/s ratio "us CPU/req" ratio
 allow_rate=$(median <<<"${rate_of[allow]}")
 allow_cpu=$(median <<<"${cpu_of[allow]}")

@@ -101,19 +101,8 @@ camgate_admin_port=8446 camgate_http_port=8447
 
 work=$(mktemp -d /tmp/cgbench-proxy.XXXXXX)
 chmod 755 "$work"          # Apache's children run as www-data
-started=()                 # process groups we started and have not reaped yet, for the trap
-server_pid=
-
-cleanup() {
-  local pid
-  for pid in "${started[@]}"; do
-    kill -KILL -- "-$pid" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=tests/bench/lib.sh
+. "$here/lib.sh"
 
 ip link set lo up
 # 1,000 idle connections + upstream pools need fds; the servers inherit this limit.
@@ -124,15 +113,6 @@ fi
 ulimit -n "$nofile"
 printf '127.0.0.1 localhost bench.test\n::1 localhost\n' >"$work/hosts"
 mount --bind "$work/hosts" /etc/hosts
-
-# Starts "$@" in its own process group (setsid keeps the pid) pinned to CPU $1, output to $2.
-spawn() {
-  local cpu=$1 log=$2
-  shift 2
-  setsid taskset -c "$cpu" "$@" >"$log" 2>&1 &
-  started+=("$!")
-  server_pid=$!
-}
 
 # TERM, up to 10 s to exit, then KILL whatever is left of its process group.
 stop_server() {

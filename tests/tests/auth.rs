@@ -383,46 +383,21 @@ fn bans_survive_a_reload_admins_lift_them_and_the_login_form_is_rate_limited() {
         "still banned after a reload"
     );
 
-    let bans = admin(&lab, "GET", "/api/bans", Some(("root", "admin pass")));
+    let as_root = |method: &str, path: &str| admin(&lab, method, path, Some(("root", "admin pass")));
+    let bans = as_root("GET", "/api/bans");
     assert_eq!(bans.status, 200);
     let bans = bans.json();
     assert_eq!(bans[0]["address"], "203.0.113.2", "{bans}");
     assert!(bans[0]["remaining_secs"].as_u64().unwrap() >= 1);
-    assert_eq!(admin(&lab, "DELETE", "/api/bans/203.0.113.2", None).status, 401);
+    let lift = "/api/bans/203.0.113.2";
+    assert_eq!(admin(&lab, "DELETE", lift, None).status, 401);
     assert_eq!(
-        admin(
-            &lab,
-            "DELETE",
-            "/api/bans/203.0.113.2",
-            Some(("alice", "correct horse"))
-        )
-        .status,
+        admin(&lab, "DELETE", lift, Some(("alice", "correct horse"))).status,
         403
     );
-    assert_eq!(
-        admin(&lab, "DELETE", "/api/bans/nonsense", Some(("root", "admin pass"))).status,
-        400
-    );
-    assert_eq!(
-        admin(
-            &lab,
-            "DELETE",
-            "/api/bans/203.0.113.2",
-            Some(("root", "admin pass"))
-        )
-        .status,
-        204
-    );
-    assert_eq!(
-        admin(
-            &lab,
-            "DELETE",
-            "/api/bans/203.0.113.2",
-            Some(("root", "admin pass"))
-        )
-        .status,
-        404
-    );
+    assert_eq!(as_root("DELETE", "/api/bans/nonsense").status, 400);
+    assert_eq!(as_root("DELETE", lift).status, 204);
+    assert_eq!(as_root("DELETE", lift).status, 404, "lifted already");
     assert_eq!(get(&lab, HOST, "/grab.jpg", "w4", &right).status(), 200);
     assert!(lab.camgate.stderr().contains("ban lifted by an admin"));
 

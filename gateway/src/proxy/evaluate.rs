@@ -18,6 +18,8 @@ pub enum TargetError {
     Form,
     #[error("the target names host {0:?}, which this site does not serve")]
     Authority(String),
+    #[error("paths under /.camgate/ are camgate's own (its login and logout pages) and never reach the DVR")]
+    Reserved,
 }
 
 /// The outcome for one request.
@@ -43,6 +45,7 @@ impl Evaluation {
     /// `auth` without credentials is 401 (valid ones would forward).
     pub fn status(&self) -> Option<u16> {
         match self.decision.as_ref().map(|d| d.verdict) {
+            None if self.path == Err(TargetError::Reserved) => Some(404),
             None => Some(400),
             Some(Verdict::Allow) => None,
             Some(Verdict::Deny { status }) => Some(status),
@@ -87,7 +90,18 @@ fn canonical_target(site: &Site, uri: &Uri) -> Result<CanonicalPath, TargetError
     if uri.scheme().is_some() != uri.authority().is_some() || !uri.path().starts_with('/') {
         return Err(TargetError::Form);
     }
-    Ok(canonicalize(uri.path(), site.path_policy)?)
+    let path = canonicalize(uri.path(), site.path_policy)?;
+    // However it is spelled: the proxy serves the exact page paths itself
+    // before rules run, and anything else there is nobody's.
+    let prefix = super::login::PREFIX;
+    if path
+        .as_str()
+        .get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    {
+        return Err(TargetError::Reserved);
+    }
+    Ok(path)
 }
 
 /// `camgate explain`'s answer.
@@ -267,6 +281,22 @@ mod tests {
                 e.reason
             );
             assert!(e.rules.is_empty());
+        }
+        // camgate's own paths, in any spelling, from anywhere: never the DVR's.
+        for target in [
+            "/.camgate/login",
+            "/%2Ecamgate/x",
+            "/a/../.camgate/logout",
+            "//.CAMGATE/login",
+        ] {
+            let e = explain_from("192.168.1.9", &format!("GET {target}"));
+            assert_eq!(
+                (e.decision, e.status),
+                ("reject", Some(404)),
+                "{target}: {}",
+                e.reason
+            );
+            assert!(e.reason.contains("camgate's own"), "{}", e.reason);
         }
         let absolute = explain_from("192.168.1.9", "GET http://DVR.example.org/grab.jpg");
         assert_eq!(absolute.decision, "allow");

@@ -314,10 +314,7 @@ fn login_page(
     );
     let mut response = page(status, &format!("Sign in to {}", escape(site)), &body);
     if new_csrf {
-        set_cookie(
-            &mut response,
-            &format!("{CSRF_COOKIE}={csrf}; Path=/; Secure; HttpOnly; SameSite=Strict"),
-        );
+        set_cookie(&mut response, &csrf_cookie(&csrf));
     }
     response
 }
@@ -331,10 +328,7 @@ fn logout_page(request: &Request<impl Sized>) -> Response<ResponseBody> {
     );
     let mut response = page(StatusCode::OK, "Sign out of camgate", &body);
     if new_csrf {
-        set_cookie(
-            &mut response,
-            &format!("{CSRF_COOKIE}={csrf}; Path=/; Secure; HttpOnly; SameSite=Strict"),
-        );
+        set_cookie(&mut response, &csrf_cookie(&csrf));
     }
     response
 }
@@ -362,6 +356,11 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response<ResponseBody> {
         headers.insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+/// Strict: sent only with same-site requests, i.e. the form's own POST.
+fn csrf_cookie(value: &str) -> String {
+    format!("{CSRF_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Strict")
 }
 
 fn session_cookie(value: &str, max_age: u64) -> String {
@@ -475,38 +474,23 @@ mod tests {
             headers
         };
         assert!(csrf_ok(&with(&[]), &site, Some(&token)));
-        assert!(csrf_ok(
-            &with(&[
-                ("origin", "https://dvr.example.com:8443"),
-                ("sec-fetch-site", "same-origin")
-            ]),
-            &site,
-            Some(&token)
-        ));
+        let same_origin = [
+            ("origin", "https://dvr.example.com:8443"),
+            ("sec-fetch-site", "same-origin"),
+        ];
+        assert!(csrf_ok(&with(&same_origin), &site, Some(&token)));
         assert!(!csrf_ok(&with(&[]), &site, Some(&"b".repeat(64))));
         assert!(!csrf_ok(&with(&[]), &site, None));
         assert!(!csrf_ok(&HeaderMap::new(), &site, Some(&token)));
-        assert!(!csrf_ok(
-            &with(&[("origin", "https://evil.example")]),
-            &site,
-            Some(&token)
-        ));
-        assert!(!csrf_ok(
-            &with(&[("origin", "http://dvr.example.com:8443")]),
-            &site,
-            Some(&token)
-        ));
-        assert!(!csrf_ok(&with(&[("origin", "null")]), &site, Some(&token)));
-        assert!(!csrf_ok(
-            &with(&[("sec-fetch-site", "cross-site")]),
-            &site,
-            Some(&token)
-        ));
-        assert!(!csrf_ok(
-            &with(&[("sec-fetch-site", "same-site")]),
-            &site,
-            Some(&token)
-        ));
+        for refused in [
+            ("origin", "https://evil.example"),
+            ("origin", "http://dvr.example.com:8443"),
+            ("origin", "null"),
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-site", "same-site"),
+        ] {
+            assert!(!csrf_ok(&with(&[refused]), &site, Some(&token)), "{refused:?}");
+        }
         let mut short = HeaderMap::new();
         short.insert(header::COOKIE, HeaderValue::from_static("__Host-camgate-csrf=x"));
         assert!(

@@ -21,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use super::ResponseBody;
-use super::evaluate::evaluate;
+use super::evaluate::{TargetError, evaluate};
 use super::headers::{self, ForwardedFacts, RequestHost};
 use super::path::CanonicalPath;
 use super::rules::{Action, NetSet, Requirement, RuleUpstream, Verdict};
@@ -169,36 +169,35 @@ impl ProxyState {
 /// Every `from` set of the site's `auth` rules: clients there already pass
 /// those rules without credentials, so their typos never ban anyone.
 fn exempt_networks(site: &crate::config::Site) -> Vec<NetSet> {
-    let mut sets: Vec<NetSet> = Vec::new();
-    for rule in &site.rules.rules {
-        if let Action::Auth(requirement) = &rule.action {
-            for set in &requirement.from {
-                if !sets.contains(set) {
-                    sets.push(set.clone());
-                }
-            }
-        }
-    }
-    sets
+    distinct(auth_requirements(site).flat_map(|r| &r.from))
 }
 
-/// The users of all the site's `auth` rules, for its login page.
+/// The users of all the site's `auth` rules, for its login page; `None`
+/// when no rule takes a password.
 fn login_requirement(site: &crate::config::Site) -> Option<Requirement> {
-    let mut users: Vec<String> = Vec::new();
-    for rule in &site.rules.rules {
-        if let Action::Auth(requirement) = &rule.action {
-            for user in &requirement.users {
-                if !users.contains(user) {
-                    users.push(user.clone());
-                }
-            }
-        }
-    }
+    let users = distinct(auth_requirements(site).flat_map(|r| &r.users));
     (!users.is_empty()).then_some(Requirement {
         from: Vec::new(),
         users,
         tokens: Vec::new(),
     })
+}
+
+fn auth_requirements(site: &crate::config::Site) -> impl Iterator<Item = &Requirement> {
+    site.rules.rules.iter().filter_map(|rule| match &rule.action {
+        Action::Auth(requirement) => Some(requirement),
+        _ => None,
+    })
+}
+
+fn distinct<'a, T: PartialEq + Clone + 'a>(items: impl Iterator<Item = &'a T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    for item in items {
+        if !out.contains(item) {
+            out.push(item.clone());
+        }
+    }
+    out
 }
 
 /// Where a rule sends requests: its URL, or the site's upstream host on
@@ -488,15 +487,15 @@ impl Handler {
         );
         log.decision = evaluation.label();
         let (path, decision) = match (&evaluation.path, &evaluation.decision) {
-            // camgate's own paths, spelled another way, are not the DVR's.
-            (Ok(path), _) if path.as_str().starts_with(login::PREFIX) => {
-                log.reject("camgate's own path in another spelling");
-                return pages::respond(pages::NOT_FOUND, html);
-            }
             (Ok(path), Some(decision)) => (path, decision),
             (Err(e), _) => {
                 log.why = Some(e.to_string());
-                return pages::respond(pages::BAD_REQUEST, html);
+                let problem = if *e == TargetError::Reserved {
+                    pages::NOT_FOUND
+                } else {
+                    pages::BAD_REQUEST
+                };
+                return pages::respond(problem, html);
             }
             (Ok(_), None) => return pages::respond(pages::BAD_REQUEST, html),
         };
