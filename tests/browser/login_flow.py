@@ -40,8 +40,23 @@ def browser(args):
         f"--host-resolver-rules=MAP {args.host} {args.address}",
     ):
         options.add_argument(flag)
+    # Network events, to say why a request failed if one does.
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     service = Service("/usr/bin/chromedriver", log_output=f"{args.out}/chromedriver.log")
     return webdriver.Chrome(options=options, service=service)
+
+
+def network_events(driver):
+    """The DevTools network events of requests that failed or were answered."""
+    events = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] in ("Network.loadingFailed", "Network.responseReceived"):
+            params = message["params"]
+            response = params.get("response", {})
+            events.append([message["method"], params.get("requestId"), response.get("url"),
+                           response.get("status"), params.get("errorText"), params.get("blockedReason")])
+    return events
 
 
 def main():
@@ -107,6 +122,7 @@ def main():
             seen["error_resources"] = driver.execute_script(
                 "return performance.getEntriesByType('resource').map(e => "
                 "[e.name, e.nextHopProtocol, e.responseStart, e.transferSize])")
+            seen["error_network"] = network_events(driver)
         except Exception:
             pass
     finally:

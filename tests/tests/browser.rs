@@ -6,9 +6,10 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use camgate_tests::lab::{DVR, GW_WAN, Lab, credentials_config};
-use camgate_tests::process::require_binary;
+use camgate_tests::process::{require_binary, wait_until};
 
 const HOST: &str = "home.test";
 
@@ -52,13 +53,25 @@ fn a_browser_logs_in_watches_the_mjpeg_tile_and_logs_out() {
     );
     let lab = Lab::start("brw", &format!("{credentials}{site}"));
 
+    // Chromium aborts requests in flight with ERR_NETWORK_CHANGED when an
+    // address appears, and the kernel adds the veth's IPv6 link-local
+    // address a second or two after the link comes up (then runs duplicate
+    // address detection on it): wait until it is there and settled.
+    let wan = lab.net.ns("wan");
+    wait_until(
+        "the IPv6 link-local address in wan",
+        Duration::from_secs(15),
+        || {
+            let output = wan.ip(&["-6", "addr", "show", "scope", "link"]);
+            let text = String::from_utf8_lossy(&output.stdout);
+            (text.contains("inet6 fe80:") && !text.contains("tentative")).then_some(())
+        },
+    );
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/login_flow.py");
-    let output = lab
-        .net
-        .ns("wan")
+    let output = wan
         .command("/usr/bin/python3")
         .arg(script)
         .args([
