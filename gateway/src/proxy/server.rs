@@ -463,14 +463,15 @@ impl Handler {
 
         let peer = self.connection.client.ip().to_canonical();
         let client = headers::client_address(peer, request.headers(), &state.trusted_proxies);
-        let exempt = site.exempt.iter().any(|set| set.contains(client));
+        // Only credential checks need it: not computed per request.
+        let exempt = || site.exempt.iter().any(|set| set.contains(client));
         if request.uri().path().starts_with(login::PREFIX) {
             log.decision = "camgate";
             let context = login::PageContext {
                 site: &site.site.name,
                 host: &host,
                 client,
-                exempt,
+                exempt: exempt(),
                 login: site.login.as_ref(),
                 auth: &state.auth,
             };
@@ -518,7 +519,7 @@ impl Handler {
                     rule: Some(&rule.name),
                     requirement,
                     client,
-                    exempt,
+                    exempt: exempt(),
                     path,
                     query: request.uri().query(),
                 };
