@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 mod fsutil;

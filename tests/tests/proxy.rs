@@ -872,6 +872,34 @@ fn users_and_tokens_open_auth_rules_and_never_reach_the_dvr() {
         assert_eq!(lab.dvr.received_with_id(&id)[0].header("authorization"), None);
     }
 
+    // Rules that take no credentials (the GUI) still hold back what is
+    // camgate's: its tokens, and Basic credentials it verified (a browser
+    // resends them everywhere after camgate's prompt); the DVR's own login
+    // passes.
+    let ours = [
+        format!("Authorization: Bearer {secret}\r\n"),
+        basic("alice", "correct horse"),
+    ];
+    for (i, header) in ours.iter().enumerate() {
+        let id = format!("g{i}");
+        let target = format!("/index.html?token={secret}&lang=en");
+        assert_eq!(ask("wan", &target, &id, header).status(), 200);
+        let seen = &lab.dvr.received_with_id(&id)[0];
+        assert_eq!(seen.header("authorization"), None, "{header}");
+        assert_eq!(seen.target, "/index.html?lang=en");
+    }
+    let dvr_login = basic("dvr-admin", "dvr password");
+    assert_eq!(
+        ask("wan", "/index.html?token=dvr-own", "g2", &dvr_login).status(),
+        200
+    );
+    let seen = &lab.dvr.received_with_id("g2")[0];
+    assert_eq!(
+        seen.header("authorization"),
+        Some(dvr_login.trim_end().trim_start_matches("Authorization: "))
+    );
+    assert_eq!(seen.target, "/index.html?token=dvr-own");
+
     // The WAN: 5 wrong passwords ban the address; then even the right one gets 429.
     let statuses: Vec<u16> = (0..5)
         .map(|i| ask("wan", "/grab.jpg", &format!("w{i}"), &basic("alice", "guess")).status())

@@ -201,7 +201,7 @@ async fn list_sessions(State(state): State<AppState>) -> Response {
         .auth
         .sessions
         .table()
-        .list(crate::auth::session::unix_now(), settings)
+        .list(crate::clock::unix_now(), settings)
         .into_iter()
         .map(|(id, s)| SessionView {
             id,

@@ -1,6 +1,7 @@
 //! The brute-force guard: failure counters per client address and per user
-//! name, and temporary bans that double with each repeat (fail2ban's idea,
-//! built in, with a visible list and manual unban).
+//! name (the caller keys names by site), and temporary bans that double
+//! with each repeat (fail2ban's idea, built in, with a visible list and
+//! manual unban).
 //!
 //! Pure bookkeeping: the caller passes the time, so tests need no clock.
 
@@ -46,8 +47,8 @@ impl BanSink for NoSink {
     fn lifted(&self, _: IpAddr) {}
 }
 
-/// Counters are dropped beyond this many tracked keys (oldest first, bans
-/// kept), so a flood from many addresses cannot grow memory without bound.
+/// Counters are dropped beyond this many tracked keys (see [`prune`]), so a
+/// flood from many addresses cannot grow memory without bound.
 const MAX_TRACKED: usize = 65_536;
 
 #[derive(Debug, Clone, Copy)]
@@ -143,17 +144,11 @@ impl Guard {
         }
         let settings = self.settings();
         let mut tables = self.tables();
-        let penalty = match count(
+        let ban = count(
             tables.addresses.entry(address).or_insert_with(|| fresh(now)),
             &settings,
             now,
-        ) {
-            Some(length) => {
-                self.sink.banned(address, SystemTime::now() + length);
-                Penalty::AddressBanned(length)
-            }
-            None => Penalty::None,
-        };
+        );
         if let Some(user) = user {
             let counter = tables.users.entry(user.to_owned()).or_insert_with(|| fresh(now));
             // A user name takes several times an address's failures: one
@@ -165,7 +160,15 @@ impl Guard {
             let _ = count(counter, &user_settings, now);
         }
         prune(&mut tables, now);
-        penalty
+        drop(tables);
+        // The firewall's sink does I/O: not under the lock.
+        match ban {
+            Some(length) => {
+                self.sink.banned(address, SystemTime::now() + length);
+                Penalty::AddressBanned(length)
+            }
+            None => Penalty::None,
+        }
     }
 
     /// Counts a login form post; `Err(retry_after)` over the rate limit.
@@ -281,22 +284,21 @@ fn count(counter: &mut Counter, settings: &GuardSettings, now: Instant) -> Optio
     Some(length)
 }
 
+/// Over [`MAX_TRACKED`], keeps active bans first, then the most recent
+/// failures, down to three quarters of the cap (so this runs once per many
+/// new keys): a flood of fresh keys cannot wipe a count under way.
 fn prune(tables: &mut Tables, now: Instant) {
     fn prune_map<K: Clone + Eq + std::hash::Hash>(map: &mut HashMap<K, Counter>, now: Instant) {
         if map.len() <= MAX_TRACKED {
             return;
         }
-        map.retain(|_, counter| remaining(Some(counter), now).is_some());
-        if map.len() > MAX_TRACKED {
-            // Every entry is an active ban: keep the longest-running ones.
-            let mut keys: Vec<(K, Instant)> = map
-                .iter()
-                .map(|(k, c)| (k.clone(), c.banned_until.unwrap_or(now)))
-                .collect();
-            keys.sort_by_key(|(_, until)| std::cmp::Reverse(*until));
-            for (key, _) in keys.into_iter().skip(MAX_TRACKED) {
-                map.remove(&key);
-            }
+        let mut ranked: Vec<(K, (bool, Instant))> = map
+            .iter()
+            .map(|(k, c)| (k.clone(), (remaining(Some(c), now).is_some(), c.last_failure)))
+            .collect();
+        ranked.sort_unstable_by_key(|(_, rank)| std::cmp::Reverse(*rank));
+        for (key, _) in ranked.into_iter().skip(MAX_TRACKED / 4 * 3) {
+            map.remove(&key);
         }
     }
     prune_map(&mut tables.addresses, now);
@@ -437,5 +439,26 @@ mod tests {
         );
         assert_eq!(guard.login_attempt(b, t0 + Duration::from_secs(20)), Ok(()));
         assert_eq!(guard.login_attempt(a, t0 + MINUTE), Ok(()));
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_keeps_bans_and_recent_counts() {
+        let guard = Guard::new(settings(), Box::new(NoSink));
+        let t0 = Instant::now();
+        let banned: IpAddr = "203.0.113.1".parse().unwrap();
+        for _ in 0..3 {
+            let _ = guard.failure(banned, None, false, t0);
+        }
+        let counting: IpAddr = "203.0.113.2".parse().unwrap();
+        let _ = guard.failure(counting, None, false, t0 + Duration::from_secs(2));
+        // Older one-off failures, then more keys than the cap.
+        for i in 0..MAX_TRACKED as u32 {
+            let address = IpAddr::from(std::net::Ipv6Addr::from(u128::from(i) + 1));
+            let _ = guard.failure(address, None, false, t0 + Duration::from_secs(1));
+        }
+        let tables = guard.tables();
+        assert!(tables.addresses.len() <= MAX_TRACKED);
+        assert!(tables.addresses.contains_key(&banned));
+        assert_eq!(tables.addresses[&counting].failures, 1, "the recent count stays");
     }
 }

@@ -37,7 +37,21 @@ const TOKEN_PARAMETER: &str = "token";
 
 /// The query as the DVR gets it: without camgate's token parameter.
 pub fn without_token(query: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
-    crate::proxy::headers::without_query_param(query, TOKEN_PARAMETER)
+    crate::proxy::headers::without_query_param(query, |key, _| key == TOKEN_PARAMETER)
+}
+
+/// The query without `token` parameters that hold a camgate token, for
+/// rules that do not consume credentials (other `token` parameters may be
+/// the DVR's own).
+pub fn without_camgate_tokens(query: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
+    match query {
+        Some(q) if q.contains(token::SECRET_PREFIX) => {
+            crate::proxy::headers::without_query_param(Some(q), |k, v| {
+                k == TOKEN_PARAMETER && v.starts_with(token::SECRET_PREFIX)
+            })
+        }
+        other => other.map(std::borrow::Cow::Borrowed),
+    }
 }
 
 /// Longer `Authorization` values are refused unread.
@@ -66,31 +80,36 @@ pub struct User {
 /// `[[user]]` and `[[token]]` from the config, indexed for lookups.
 #[derive(Debug, Default)]
 pub struct Credentials {
-    users: HashMap<String, User>,
+    users: HashMap<String, KnownUser>,
     tokens: HashMap<token::Digest, Token>,
-    /// Per user, the password fingerprint a live session must carry
-    /// (computed once here, not per request).
-    fingerprints: HashMap<String, String>,
+}
+
+#[derive(Debug)]
+struct KnownUser {
+    user: User,
+    /// The password fingerprint a live session must carry (computed once
+    /// here, not per request).
+    fingerprint: String,
 }
 
 impl Credentials {
     pub fn new(users: &[User], tokens: &[Token]) -> Self {
+        let known = |user: &User| KnownUser {
+            user: user.clone(),
+            fingerprint: session::credential_fingerprint(user.digest.as_str()),
+        };
         Self {
-            users: users.iter().map(|u| (u.name.clone(), u.clone())).collect(),
+            users: users.iter().map(|u| (u.name.clone(), known(u))).collect(),
             tokens: tokens.iter().map(|t| (t.digest, t.clone())).collect(),
-            fingerprints: users
-                .iter()
-                .map(|u| (u.name.clone(), session::credential_fingerprint(u.digest.as_str())))
-                .collect(),
         }
     }
 
     fn fingerprint(&self, user: &str) -> Option<&str> {
-        self.fingerprints.get(user).map(String::as_str)
+        self.users.get(user).map(|known| known.fingerprint.as_str())
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {
-        self.users.get(name)
+        self.users.get(name).map(|known| &known.user)
     }
 
     /// Users with the admin role (for the admin API).
@@ -98,8 +117,8 @@ impl Credentials {
         let mut admins: Vec<String> = self
             .users
             .values()
-            .filter(|user| user.role == Role::Admin)
-            .map(|user| user.name.clone())
+            .filter(|known| known.user.role == Role::Admin)
+            .map(|known| known.user.name.clone())
             .collect();
         admins.sort();
         admins
@@ -195,18 +214,24 @@ impl AuthShared {
     /// answer takes as long.
     async fn verify(&self, user: Option<&User>, password: &[u8]) -> bool {
         let now = Instant::now();
-        let id = user.map(|user| self.cache_id(user, password));
-        if id.is_some_and(|id| self.verified().get(&id).is_some_and(|until| *until > now)) {
+        if user.is_some_and(|user| self.recently_verified(user, password, now)) {
             return true;
         }
-        let digest = user.map_or_else(|| PasswordDigest::decoy().clone(), |user| user.digest.clone());
+        let id = user.map(|user| self.cache_id(user, password));
+        let digest = user.map(|user| user.digest.clone());
         let password = password.to_vec();
         let Ok(_permit) = self.verifications.acquire().await else {
             return false;
         };
-        let matched = tokio::task::spawn_blocking(move || digest.verify(&password))
-            .await
-            .unwrap_or(false);
+        // The decoy is made on first use (an argon2 run too): in here.
+        let matched = tokio::task::spawn_blocking(move || {
+            digest
+                .as_ref()
+                .unwrap_or_else(|| PasswordDigest::decoy())
+                .verify(&password)
+        })
+        .await
+        .unwrap_or(false);
         let Some(id) = id.filter(|_| matched) else {
             return false;
         };
@@ -219,6 +244,30 @@ impl AuthShared {
         }
         verified.insert(id, now + VERIFIED_TTL);
         true
+    }
+
+    fn recently_verified(&self, user: &User, password: &[u8], now: Instant) -> bool {
+        let id = self.cache_id(user, password);
+        self.verified().get(&id).is_some_and(|until| *until > now)
+    }
+
+    /// Whether the request's `Authorization` is camgate's own: a camgate
+    /// token, or Basic credentials camgate verified in the last minutes
+    /// (what a browser resends after camgate's Basic prompt). Rules that
+    /// do not consume credentials still must not pass these to the DVR;
+    /// anything else is the DVR's own login.
+    pub fn is_camgate_authorization(&self, headers: &HeaderMap) -> bool {
+        if !headers.contains_key(AUTHORIZATION) {
+            return false;
+        }
+        match presented(headers, None) {
+            Presented::Token(secret) => secret.starts_with(token::SECRET_PREFIX),
+            Presented::Basic { user, password } => self
+                .credentials()
+                .user(&user)
+                .is_some_and(|user| self.recently_verified(user, &password, Instant::now())),
+            _ => false,
+        }
     }
 
     fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<token::Digest, Instant>> {
@@ -291,7 +340,8 @@ fn authorization(value: &[u8]) -> Presented {
     let Ok(text) = std::str::from_utf8(value) else {
         return Presented::Malformed("Authorization header is not UTF-8");
     };
-    let (scheme, rest) = text.trim().split_once(' ').unwrap_or((text, ""));
+    let text = text.trim();
+    let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("basic") {
         let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest) else {
@@ -391,8 +441,13 @@ pub async fn authenticate(shared: &AuthShared, attempt: &Attempt<'_>, presented:
         }
         Outcome::Invalid(why) => {
             audit(attempt, method, name, why);
-            let user = if method == "basic" { name } else { None };
-            match shared.guard.failure(attempt.client, user, attempt.exempt, now) {
+            let user = name
+                .filter(|_| method == "basic")
+                .map(|name| user_key(attempt.site, name));
+            match shared
+                .guard
+                .failure(attempt.client, user.as_deref(), attempt.exempt, now)
+            {
                 Penalty::None => outcome,
                 Penalty::AddressBanned(length) => {
                     tracing::warn!(target: "camgate::audit", event = "ban", client.addr = %attempt.client,
@@ -433,7 +488,7 @@ fn session_outcome(
     };
     let settings = shared.sessions.settings();
     let mut table = shared.sessions.table();
-    let (user, same_site, current) = match table.check(&digest, session::unix_now(), settings) {
+    let (user, same_site, current) = match table.check(&digest, crate::clock::unix_now(), settings) {
         session::Lookup::Gone => return (None, Outcome::Missing),
         session::Lookup::Valid(session) => (
             session.user.clone(),
@@ -462,37 +517,30 @@ fn admits(users: &[String], user: &str) -> bool {
     users.iter().any(|u| u == "*" || u == user)
 }
 
-/// A successful login: the session cookie's value.
-#[derive(Debug)]
-pub struct Login {
-    pub user: String,
-    pub cookie: String,
-}
-
 /// The login form: checks the password like Basic credentials (same guard,
-/// same audit), then starts a new session. Any session the browser had is
-/// ended first, so a login always rotates the cookie.
+/// same audit), then starts a new session and returns its cookie value. Any
+/// session the browser had is ended first, so a login always rotates the
+/// cookie.
 pub async fn login(
     shared: &Arc<AuthShared>,
     attempt: &Attempt<'_>,
     user: String,
     password: Vec<u8>,
     previous: Option<&str>,
-) -> Result<Login, Outcome> {
+) -> Result<String, Outcome> {
     let outcome = authenticate(shared, attempt, Presented::Basic { user, password }).await;
     let Outcome::Granted(Principal::User(user)) = outcome else {
         return Err(outcome);
     };
-    let credential = shared
-        .credentials()
-        .user(&user)
-        .map(|u| session::credential_fingerprint(u.digest.as_str()))
-        .unwrap_or_default();
+    // Removed by a reload since the password was checked: no session.
+    let Some(credential) = shared.credentials().fingerprint(&user).map(str::to_owned) else {
+        return Err(Outcome::Invalid("wrong user name or password"));
+    };
     let Ok((cookie, digest)) = session::generate() else {
         tracing::error!("no randomness for a session cookie");
         return Err(Outcome::Invalid("camgate cannot start a session"));
     };
-    let now = session::unix_now();
+    let now = crate::clock::unix_now();
     {
         let mut table = shared.sessions.table();
         if let Some(previous) = previous.and_then(session::parse_secret) {
@@ -513,7 +561,7 @@ pub async fn login(
     tracing::info!(target: "camgate::audit", event = "session", action = "start", principal = %user,
         client.addr = %attempt.client, site = attempt.site, session = %session::public_id(&digest),
         "session started");
-    Ok(Login { user, cookie })
+    Ok(cookie)
 }
 
 /// Ends the browser's session (logout). True if there was one.
@@ -530,6 +578,13 @@ pub async fn logout(shared: &Arc<AuthShared>, cookie: &str, client: IpAddr, site
     true
 }
 
+/// The guard counts a user name's failures per site (the admin API is the
+/// site "admin"): guessing on a public site must not lock the same user
+/// out of the LAN-only admin API, or out of another site.
+fn user_key(site: &str, user: &str) -> String {
+    format!("{site}\0{user}")
+}
+
 /// Basic credentials: a locked name (from outside), the password, the rule's user list.
 async fn password_outcome(
     credentials: &Credentials,
@@ -539,15 +594,16 @@ async fn password_outcome(
     password: &[u8],
     now: Instant,
 ) -> Outcome {
+    let key = user_key(attempt.site, user);
     if !attempt.exempt
-        && let Some(left) = shared.guard.user_lock(user, now)
+        && let Some(left) = shared.guard.user_lock(&key, now)
     {
         return Outcome::Banned(left);
     }
     if !shared.verify(credentials.user(user), password).await {
         return Outcome::Invalid("wrong user name or password");
     }
-    shared.guard.success(attempt.client, user);
+    shared.guard.success(attempt.client, &key);
     if admits(&attempt.requirement.users, user) {
         Outcome::Granted(Principal::User(user.to_owned()))
     } else {

@@ -10,11 +10,12 @@
 //! the lock and the file.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::token::{self, Digest};
+use crate::clock::unix_now;
 
 /// `__Host-`: Secure, `Path=/`, no `Domain`, so no other host (not even a
 /// sibling subdomain) can set or read it.
@@ -233,8 +234,9 @@ pub struct Sessions {
 
 impl Sessions {
     /// Reads `path`; a missing file is an empty table, an unreadable one
-    /// is set aside (`.bad`) with a warning: users log in again.
-    pub fn load(path: PathBuf, settings: SessionSettings) -> Self {
+    /// is set aside (`.bad`) with a warning: users log in again. Settings
+    /// come with [`Sessions::configure`].
+    pub fn load(path: PathBuf) -> Self {
         let table = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice(&bytes)
                 .map_err(|e| e.to_string())
@@ -257,16 +259,16 @@ impl Sessions {
         };
         Self {
             table: Mutex::new(table),
-            settings: Mutex::new(settings),
+            settings: Mutex::new(SessionSettings::default()),
             path: Some(path),
             saving: Mutex::new(()),
         }
     }
 
-    pub fn in_memory(settings: SessionSettings) -> Self {
+    pub fn in_memory() -> Self {
         Self {
             table: Mutex::new(SessionTable::default()),
-            settings: Mutex::new(settings),
+            settings: Mutex::new(SessionSettings::default()),
             path: None,
             saving: Mutex::new(()),
         }
@@ -306,16 +308,6 @@ impl Sessions {
         }
         result
     }
-
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -418,7 +410,8 @@ mod tests {
     fn the_file_round_trips_and_keeps_no_cookie_and_no_expired_session() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sessions.json");
-        let sessions = Sessions::load(path.clone(), SETTINGS);
+        let sessions = Sessions::load(path.clone());
+        sessions.configure(SETTINGS);
         let (secret, digest) = generate().unwrap();
         let now = unix_now();
         sessions.table().insert(digest, session("ann", now));
@@ -433,11 +426,11 @@ mod tests {
             0o600
         );
 
-        let again = Sessions::load(path.clone(), SETTINGS);
+        let again = Sessions::load(path.clone());
         assert!(matches!(again.table().check(&digest, now, SETTINGS), Lookup::Valid(s) if s.user == "ann"));
 
         std::fs::write(&path, b"{not json").unwrap();
-        let damaged = Sessions::load(path, SETTINGS);
+        let damaged = Sessions::load(path);
         assert!(damaged.table().sessions.is_empty());
         assert!(dir.path().join("sessions.json.bad").exists());
     }

@@ -112,11 +112,7 @@ fn fixture(users: &[&str], tokens: &[&str]) -> Fixture {
         sessions: SessionSettings::default(),
     };
     Fixture {
-        shared: Arc::new(AuthShared::new(
-            &config,
-            Sessions::in_memory(config.sessions),
-            Box::new(NoSink),
-        )),
+        shared: Arc::new(AuthShared::new(&config, Sessions::in_memory(), Box::new(NoSink))),
         requirement: Requirement {
             from: vec![],
             users: users.iter().map(|s| s.to_string()).collect(),
@@ -155,7 +151,7 @@ impl Fixture {
         .await
     }
 
-    async fn login(&self, site: &str, password: &str, previous: Option<&str>) -> Result<Login, Outcome> {
+    async fn login(&self, site: &str, password: &str, previous: Option<&str>) -> Result<String, Outcome> {
         let attempt = self.attempt(site, "203.0.113.7", false, None);
         login(&self.shared, &attempt, "alice".into(), password.into(), previous).await
     }
@@ -265,25 +261,22 @@ async fn sessions_grant_their_user_on_their_site_until_revoked() {
     let first = f.login("dvr", "s3cret", None).await.unwrap();
     let session = |cookie: &str| Presented::Session(cookie.to_owned());
     assert_eq!(
-        f.check(wan, false, None, session(&first.cookie)).await,
+        f.check(wan, false, None, session(&first)).await,
         Outcome::Granted(Principal::User("alice".into()))
     );
     // Logging in again rotates: the old cookie is dead.
-    let second = f.login("dvr", "s3cret", Some(&first.cookie)).await.unwrap();
-    assert_ne!(first.cookie, second.cookie);
-    assert_eq!(
-        f.check(wan, false, None, session(&first.cookie)).await,
-        Outcome::Missing
-    );
+    let second = f.login("dvr", "s3cret", Some(&first)).await.unwrap();
+    assert_ne!(first, second);
+    assert_eq!(f.check(wan, false, None, session(&first)).await, Outcome::Missing);
     // Another site's session does not open this one.
     let elsewhere = f.login("garage", "s3cret", None).await.unwrap();
     assert_eq!(
-        f.check(wan, false, None, session(&elsewhere.cookie)).await,
+        f.check(wan, false, None, session(&elsewhere)).await,
         Outcome::Forbidden("the session is for another site")
     );
     // A tampered cookie is a failure the guard counts; a well-formed
     // unknown one is just a session that ended.
-    let mut tampered = second.cookie.clone();
+    let mut tampered = second.clone();
     tampered.push('0');
     assert!(matches!(
         f.check(wan, false, None, session(&tampered)).await,
@@ -291,17 +284,17 @@ async fn sessions_grant_their_user_on_their_site_until_revoked() {
     ));
     let flipped = format!(
         "{}{}",
-        &second.cookie[..10],
-        if &second.cookie[10..11] == "a" { "b" } else { "a" }
-    ) + &second.cookie[11..];
+        &second[..10],
+        if &second[10..11] == "a" { "b" } else { "a" }
+    ) + &second[11..];
     assert_eq!(
         f.check(wan, false, None, session(&flipped)).await,
         Outcome::Missing
     );
     // Logout ends it server-side.
-    assert!(logout(&f.shared, &second.cookie, wan.parse().unwrap(), "dvr").await);
+    assert!(logout(&f.shared, &second, wan.parse().unwrap(), "dvr").await);
     assert_eq!(
-        f.check(wan, false, None, session(&second.cookie)).await,
+        f.check(wan, false, None, session(&second)).await,
         Outcome::Missing
     );
 }
@@ -309,7 +302,7 @@ async fn sessions_grant_their_user_on_their_site_until_revoked() {
 #[tokio::test]
 async fn a_new_password_or_a_removed_user_ends_sessions() {
     let f = fixture(&["*"], &[]);
-    let cookie = f.login("dvr", "s3cret", None).await.unwrap().cookie;
+    let cookie = f.login("dvr", "s3cret", None).await.unwrap();
     let wan = "203.0.113.8";
     let mut config = crate::config::auth::Auth {
         users: vec![alice().clone()],
@@ -332,7 +325,7 @@ async fn a_new_password_or_a_removed_user_ends_sessions() {
         f.shared
             .sessions
             .table()
-            .list(session::unix_now(), SessionSettings::default())
+            .list(crate::clock::unix_now(), SessionSettings::default())
             .is_empty()
     );
 }
@@ -355,4 +348,53 @@ fn the_session_cookie_is_read_after_explicit_credentials() {
     let mut lookalike = HeaderMap::new();
     lookalike.insert(COOKIE, HeaderValue::from_static("x__Host-camgate-session=cgs_z"));
     assert_eq!(presented(&lookalike, None), Presented::None);
+}
+
+#[tokio::test]
+async fn camgate_credentials_are_recognised_where_no_rule_consumes_them() {
+    let f = fixture(&["alice"], &[]);
+    let bearer = headers(format!("Bearer {}", f.secret).as_bytes());
+    assert!(f.shared.is_camgate_authorization(&bearer));
+    assert!(!f.shared.is_camgate_authorization(&headers(b"Bearer dvr-session")));
+    // Basic: only once camgate has verified exactly these credentials.
+    let alice = headers(&basic("alice", "s3cret"));
+    assert!(!f.shared.is_camgate_authorization(&alice));
+    let _ = f.check("203.0.113.9", false, None, pw("alice", "s3cret")).await;
+    assert!(f.shared.is_camgate_authorization(&alice));
+    assert!(
+        !f.shared
+            .is_camgate_authorization(&headers(&basic("alice", "other")))
+    );
+    assert!(!f.shared.is_camgate_authorization(&HeaderMap::new()));
+
+    let strip = |q| without_camgate_tokens(Some(q)).map(std::borrow::Cow::into_owned);
+    assert_eq!(strip("token=cgt_abc&x=1").as_deref(), Some("x=1"));
+    assert_eq!(
+        strip("token=dvr-own&x=cgt_1").as_deref(),
+        Some("token=dvr-own&x=cgt_1")
+    );
+    assert_eq!(strip("token=cgt_abc"), None);
+}
+
+#[tokio::test]
+async fn a_user_locked_on_one_site_is_not_locked_elsewhere() {
+    let f = fixture(&["alice"], &[]);
+    // Wrong passwords from many addresses: the name locks (3 × 3) on "dvr".
+    for i in 0..9 {
+        let _ = f
+            .check(&format!("203.0.113.{}", 10 + i), false, None, pw("alice", "x"))
+            .await;
+    }
+    assert!(matches!(
+        f.check("203.0.113.50", false, None, pw("alice", "s3cret")).await,
+        Outcome::Banned(_)
+    ));
+    let admin = Attempt {
+        site: "admin",
+        ..f.attempt("dvr", "192.168.1.2", false, None)
+    };
+    assert_eq!(
+        authenticate(&f.shared, &admin, pw("alice", "s3cret")).await,
+        Outcome::Granted(Principal::User("alice".into()))
+    );
 }

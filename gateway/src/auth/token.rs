@@ -33,7 +33,12 @@ pub fn digest(secret: &str) -> Digest {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// 64 hex digits → a SHA-256 digest (token secrets, certificate pins).

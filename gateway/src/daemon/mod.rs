@@ -13,7 +13,7 @@ pub(crate) mod notify;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminServer, AppState, Metrics};
 use crate::auth::{AuthShared, NoSink, Sessions};
+use crate::clock::{unix_now, unix_now_f64};
 use crate::config::{Config, ConfigError, ConfigSource, Loaded, Mode};
 use crate::net::{self, ListenError};
 use crate::proxy::server::{self, ProxyError, ProxyServer};
@@ -215,7 +216,7 @@ impl Daemon {
         // The firewall's ban set plugs in here once camgate manages nftables.
         let auth = Arc::new(AuthShared::new(
             &config.auth,
-            Sessions::load(config.daemon.state_dir.join(SESSIONS_FILE), config.auth.sessions),
+            Sessions::load(config.daemon.state_dir.join(SESSIONS_FILE)),
             Box::new(NoSink),
         ));
         drain.spawn(Arc::clone(&auth).keep_sessions_saved(drain.clone()));
@@ -483,16 +484,4 @@ fn admin_urls(addrs: &[SocketAddr]) -> Vec<String> {
             }
         })
         .collect()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn unix_now_f64() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -309,20 +309,23 @@ pub fn origins_of(uri: &Uri) -> Vec<String> {
 /// (`?token=` for MJPEG embeds, `?auth=`, `?session=`, `?password=`…).
 const SECRET_KEY_PARTS: [&str; 7] = ["token", "auth", "session", "passw", "pwd", "key", "secret"];
 
-/// The query without parameter `name` (keys decoded as form data, the way
-/// `auth::presented` finds a token), other parameters byte for byte;
-/// `None` if nothing is left.
-pub fn without_query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
+/// The query without the parameters `drop(key, value)` picks (decoded as
+/// form data, the way `auth::presented` finds a token), the others byte for
+/// byte; `None` if nothing is left.
+pub fn without_query_param<'q>(
+    query: Option<&'q str>,
+    drop: impl Fn(&str, &str) -> bool,
+) -> Option<Cow<'q, str>> {
     let query = query?;
-    let is_named = |pair: &str| {
+    let dropped = |pair: &str| {
         form_urlencoded::parse(pair.as_bytes())
             .next()
-            .is_some_and(|(k, _)| k == name)
+            .is_some_and(|(k, v)| drop(&k, &v))
     };
-    if !query.split('&').any(is_named) {
+    let kept: Vec<&str> = query.split('&').filter(|pair| !dropped(pair)).collect();
+    if kept.len() == query.split('&').count() {
         return Some(Cow::Borrowed(query));
     }
-    let kept: Vec<&str> = query.split('&').filter(|pair| !is_named(pair)).collect();
     (!kept.is_empty()).then(|| Cow::Owned(kept.join("&")))
 }
 
@@ -413,7 +416,7 @@ mod tests {
 
     #[test]
     fn only_the_named_parameter_leaves_the_query() {
-        let strip = |q: Option<&str>| without_query_param(q, "token").map(Cow::into_owned);
+        let strip = |q: Option<&str>| without_query_param(q, |k, _| k == "token").map(Cow::into_owned);
         assert_eq!(strip(None), None);
         assert_eq!(strip(Some("oids=1&size=2")).as_deref(), Some("oids=1&size=2"));
         assert_eq!(

@@ -22,7 +22,7 @@ use super::headers::RequestHost;
 use super::pages;
 use super::path::{PathPolicy, canonicalize};
 use super::rules::Requirement;
-use crate::auth::session::{self, COOKIE, CSRF_COOKIE};
+use crate::auth::session::{COOKIE, CSRF_COOKIE};
 use crate::auth::{self, Attempt, AuthShared, Outcome, token};
 
 /// Every path camgate answers itself starts with this; the DVR never sees
@@ -106,7 +106,7 @@ async fn login(context: &PageContext<'_>, request: Request<Incoming>) -> Respons
     if let Err(retry) = context.auth.guard.login_attempt(context.client, Instant::now()) {
         tracing::warn!(target: "camgate::audit", event = "login", ok = false, method = "form",
             client.addr = %context.client, site = context.site, why = "login rate limit", "access refused");
-        return retry_later(pages::LOGIN_RATE_LIMITED, retry.as_secs());
+        return pages::retry_after(pages::LOGIN_RATE_LIMITED, true, retry);
     }
     let (parts, body) = request.into_parts();
     let form = match read_form(body).await {
@@ -145,32 +145,19 @@ async fn login(context: &PageContext<'_>, request: Request<Incoming>) -> Respons
     let password = form.password.unwrap_or_default().into_bytes();
     let request = Request::from_parts(parts, ());
     match auth::login(context.auth, &attempt, user, password, previous.as_deref()).await {
-        Ok(login) => {
+        Ok(cookie) => {
             let mut response = see_other(&next);
             let lifetime = context.auth.sessions.settings().lifetime.as_secs();
-            set_cookie(&mut response, &session_cookie(&login.cookie, lifetime));
+            set_cookie(&mut response, &session_cookie(&cookie, lifetime));
             response
         }
-        Err(Outcome::Banned(left)) => retry_later(pages::BANNED, left.as_secs()),
-        Err(Outcome::Forbidden(_)) => {
-            let message = "This user has no access to this site.";
-            login_page(
-                &request,
-                &next,
-                Some(message),
-                StatusCode::FORBIDDEN,
-                context.site,
-            )
-        }
-        Err(_) => {
-            let message = "Wrong user name or password.";
-            login_page(
-                &request,
-                &next,
-                Some(message),
-                StatusCode::UNAUTHORIZED,
-                context.site,
-            )
+        Err(Outcome::Banned(left)) => pages::retry_after(pages::BANNED, true, left),
+        Err(refused) => {
+            let (status, message) = match refused {
+                Outcome::Forbidden(_) => (StatusCode::FORBIDDEN, "This user has no access to this site."),
+                _ => (StatusCode::UNAUTHORIZED, "Wrong user name or password."),
+            };
+            login_page(&request, &next, Some(message), status, context.site)
         }
     }
 }
@@ -385,14 +372,6 @@ fn see_other(location: &str) -> Response<ResponseBody> {
     response
 }
 
-fn retry_later(problem: pages::Problem, seconds: u64) -> Response<ResponseBody> {
-    let mut response = pages::respond(problem, true);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-    response
-}
-
 /// HTML-escapes text for element content and quoted attributes. The pages
 /// put only a site name, a local path and fixed messages in: a few lines
 /// here instead of a template engine.
@@ -415,11 +394,6 @@ fn escape(text: &str) -> String {
 /// the login redirect when the cookie was dead).
 pub fn expired_session_cookie() -> HeaderValue {
     HeaderValue::try_from(session_cookie("", 0)).expect("a constant cookie is a valid header value")
-}
-
-/// Whether `auth::presented` found nothing but a dead session cookie.
-pub fn has_session_cookie(headers: &HeaderMap) -> bool {
-    auth::cookie(headers, session::COOKIE).is_some()
 }
 
 #[cfg(test)]

@@ -152,6 +152,15 @@ pub fn respond(problem: Problem, html: bool) -> Response<ResponseBody> {
     response
 }
 
+/// `problem` with `Retry-After` (bans, rate limits).
+pub fn retry_after(problem: Problem, html: bool, wait: std::time::Duration) -> Response<ResponseBody> {
+    let mut response = respond(problem, html);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+    response
+}
+
 pub(super) fn full(body: impl Into<Bytes>) -> ResponseBody {
     Full::new(body.into()).map_err(|never| match never {}).boxed()
 }

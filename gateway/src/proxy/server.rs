@@ -503,9 +503,16 @@ impl Handler {
         let rule = decision.rule.map(|i| &site.site.rules.rules[i]);
         log.rule = rule.map(|rule| rule.name.as_str());
         // An `auth` rule's credentials are camgate's, whether or not this
-        // client needed them: the DVR never sees them.
-        let credentials_used =
-            rule.is_some_and(|rule| matches!(rule.action, Action::Auth(_)) && !rule.pass_authorization);
+        // client needed them: the DVR never sees them. Elsewhere only what is
+        // recognisably camgate's is held back (the DVR may have its own login).
+        let strip = match rule {
+            Some(rule) if rule.pass_authorization => Strip::Nothing,
+            Some(rule) if matches!(rule.action, Action::Auth(_)) => Strip::AllCredentials,
+            _ if state.auth.is_camgate_authorization(request.headers()) => {
+                Strip::CamgateTokensAndAuthorization
+            }
+            _ => Strip::CamgateTokens,
+        };
         match decision.verdict {
             Verdict::Allow => {}
             Verdict::Deny { status: 404 } => return pages::respond(pages::NOT_FOUND, html),
@@ -526,10 +533,11 @@ impl Handler {
                 let presented = auth::presented(request.headers(), request.uri().query());
                 match auth::authenticate(&state.auth, &attempt, presented).await {
                     Outcome::Granted(_) => {}
-                    Outcome::Missing => return challenge(requirement, &site.site.name, &request, html),
+                    // With a session cookie, the session has ended.
+                    Outcome::Missing => return challenge(requirement, &site.site.name, &request, html, true),
                     Outcome::Invalid(why) => {
                         log.why = Some(why.to_owned());
-                        return challenge(requirement, &site.site.name, &request, html);
+                        return challenge(requirement, &site.site.name, &request, html, false);
                     }
                     Outcome::Forbidden(why) => {
                         log.why = Some(why.to_owned());
@@ -537,11 +545,7 @@ impl Handler {
                     }
                     Outcome::Banned(left) => {
                         log.why = Some("banned".to_owned());
-                        let mut response = pages::respond(pages::BANNED, html);
-                        response
-                            .headers_mut()
-                            .insert(header::RETRY_AFTER, HeaderValue::from(left.as_secs().max(1)));
-                        return response;
+                        return pages::retry_after(pages::BANNED, html, left);
                     }
                 }
             }
@@ -558,7 +562,7 @@ impl Handler {
             via_trusted_proxy: (client != peer).then_some(peer),
             websocket,
             html,
-            strip_credentials: credentials_used,
+            strip,
         };
         self.forward(plan, request, log).await
     }
@@ -575,10 +579,12 @@ impl Handler {
         };
         let client_upgrade = plan.websocket.then(|| hyper::upgrade::on(&mut request));
         let query = request.uri().query();
-        let query = if plan.strip_credentials {
-            auth::without_token(query)
-        } else {
-            query.map(std::borrow::Cow::Borrowed)
+        let query = match plan.strip {
+            Strip::AllCredentials => auth::without_token(query),
+            Strip::CamgateTokens | Strip::CamgateTokensAndAuthorization => {
+                auth::without_camgate_tokens(query)
+            }
+            Strip::Nothing => query.map(std::borrow::Cow::Borrowed),
         };
         let target = upstream_target(plan.origin, plan.path, query.as_deref());
         let (parts, body) = request.into_parts();
@@ -591,7 +597,10 @@ impl Handler {
         headers::strip_hop_by_hop(headers);
         // The session and CSRF cookies mean nothing to the DVR, on any rule.
         headers::strip_cookies(headers, session::COOKIE_PREFIX);
-        if plan.strip_credentials {
+        if matches!(
+            plan.strip,
+            Strip::AllCredentials | Strip::CamgateTokensAndAuthorization
+        ) {
             headers.remove(header::AUTHORIZATION);
         }
         headers::set_forwarded(
@@ -708,8 +717,21 @@ struct Forward<'a> {
     via_trusted_proxy: Option<IpAddr>,
     websocket: bool,
     html: bool,
-    /// camgate consumed the request's credentials: the DVR must not see them.
-    strip_credentials: bool,
+    strip: Strip,
+}
+
+/// Which credentials the DVR must not see.
+#[derive(Debug, Clone, Copy)]
+enum Strip {
+    /// An `auth` rule consumed them: `Authorization` and every `token`.
+    AllCredentials,
+    /// `token` parameters holding a camgate token.
+    CamgateTokens,
+    /// Those, and an `Authorization` that is camgate's (a token, or Basic
+    /// credentials camgate verified).
+    CamgateTokensAndAuthorization,
+    /// `pass_authorization = true`: the DVR checks them itself.
+    Nothing,
 }
 
 /// A browser opening a page goes to the login form (when the rule takes
@@ -719,6 +741,7 @@ fn challenge(
     site: &str,
     request: &Request<Incoming>,
     html: bool,
+    session_ended: bool,
 ) -> Response<ResponseBody> {
     let navigating = html && matches!(*request.method(), Method::GET | Method::HEAD);
     if navigating && !requirement.users.is_empty() {
@@ -729,7 +752,7 @@ fn challenge(
             None => path.to_owned(),
         };
         let mut response = login::login_redirect(&target);
-        if login::has_session_cookie(request.headers()) {
+        if session_ended && auth::cookie(request.headers(), session::COOKIE).is_some() {
             // The browser's session ended: forget it.
             response
                 .headers_mut()
