@@ -230,15 +230,21 @@ fn run(source: ConfigSource) -> ExitCode {
             ExitCode::from(match e {
                 DaemonError::StateDir { .. } | DaemonError::SetupCode(_) => EXIT_CANT_CREATE,
                 DaemonError::ListenerCount { .. } | DaemonError::Listen(_) | DaemonError::Io(_) => EXIT_OS,
-                DaemonError::Proxy(e) => match e {
-                    // A site's certificate or CA file that the config names.
-                    ProxyError::Tls(TlsError::Pem { .. } | TlsError::Key { .. })
-                    | ProxyError::Upstream(_) => EXIT_CONFIG,
-                    ProxyError::Tls(TlsError::SelfSignedIo { .. }) => EXIT_CANT_CREATE,
-                    ProxyError::Listen(_) | ProxyError::Tls(_) => EXIT_OS,
-                },
+                DaemonError::Proxy(ProxyError::Tls(e)) | DaemonError::Tls(e) => tls_exit_code(&e),
+                // A CA file that the config names.
+                DaemonError::Proxy(ProxyError::Upstream(_)) | DaemonError::Acme(_) => EXIT_CONFIG,
+                DaemonError::Proxy(ProxyError::Listen(_)) => EXIT_OS,
             })
         }
+    }
+}
+
+fn tls_exit_code(e: &TlsError) -> u8 {
+    match e {
+        // A site's certificate file that the config names.
+        TlsError::Pem { .. } | TlsError::Key { .. } => EXIT_CONFIG,
+        TlsError::SelfSignedIo { .. } => EXIT_CANT_CREATE,
+        TlsError::Generate(_) | TlsError::Rustls(_) => EXIT_OS,
     }
 }
 

@@ -14,10 +14,12 @@
 //! - [`setup`]: setup mode's one-time code.
 //! - [`proxy`]: the reverse proxy: canonical paths, rules, profiles, forwarding.
 //! - [`tls`]: server TLS config and the hot-swappable certificate resolver.
+//! - [`acme`]: certificates from an ACME CA: orders, challenges, renewal.
 //! - [`net`]: binding, and the hardened HTTP accept loop every listener uses.
 //!
 //! See ARCHITECTURE.md at the repository root for the invariants.
 
+pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod cli;

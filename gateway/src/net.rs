@@ -273,12 +273,17 @@ impl<M> Connection<M> {
                 handshake_timeout,
             } => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
-                let stream =
+                let mut stream =
                     match tokio::time::timeout(*handshake_timeout, acceptor.accept(self.stream)).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => return tracing::debug!(err = %e, "TLS handshake failed"),
                         Err(_) => return tracing::debug!("TLS handshake timed out"),
                     };
+                if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                    // A CA validating TLS-ALPN-01: the handshake was the answer.
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                    return tracing::debug!("answered a TLS-ALPN-01 validation");
+                }
                 info.tls = Some(TlsInfo {
                     server_name: stream.get_ref().1.server_name().map(str::to_ascii_lowercase),
                 });

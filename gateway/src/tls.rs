@@ -5,11 +5,15 @@
 //!
 //! Certificates come from a site's PEM files or, failing those, from one
 //! self-signed certificate (ECDSA P-256) generated on first start and kept
-//! under the state dir, so browsers see the same one after a restart. The
-//! ACME issue adds issued certificates to the same table.
+//! under the state dir, so browsers see the same one after a restart; it
+//! names `camgate.local`, the sites' hosts and the machine's addresses.
+//! Certificates from the ACME CA are installed beside the table and win
+//! over it; a ClientHello that offers only `acme-tls/1` gets the pending
+//! TLS-ALPN-01 challenge certificate, or no handshake.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,11 +25,14 @@ use rustls::{ServerConfig, SupportedCipherSuite};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::acme::challenge::{self, Challenges};
 use crate::config::Site;
 use crate::fsutil;
 
 /// The name the appliance answers to on the LAN without DNS of its own.
 pub const LOCAL_NAME: &str = "camgate.local";
+/// The ALPN protocol of TLS-ALPN-01 validation connections (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 const SELF_SIGNED_DIR: &str = "tls";
 
@@ -77,7 +84,9 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, T
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Server preference order: a browser offering h2 gets h2; only a
+    // client offering nothing but `acme-tls/1` (a CA validating) gets that.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -87,39 +96,127 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, T
 pub struct CertTable {
     by_host: HashMap<String, Arc<CertifiedKey>>,
     fallback: Arc<CertifiedKey>,
+    status: TableStatus,
+}
+
+/// What `/api/status` shows about the certificates camgate did not get
+/// from a CA itself.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TableStatus {
+    pub self_signed: Option<SelfSignedStatus>,
+    /// Sites' own PEM files.
+    pub files: Vec<FileCertificateStatus>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SelfSignedStatus {
+    /// SHA-256 of the certificate, hex: compare it with what a browser shows.
+    pub sha256: String,
+    pub names: Vec<String>,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileCertificateStatus {
+    pub site: String,
+    pub issuer: Option<String>,
+    pub not_after: Option<String>,
+    pub sha256: String,
 }
 
 impl CertTable {
     /// Loads every site's certificate: its PEM files, or the self-signed one
-    /// (generated when missing or when it does not cover the hosts).
-    pub fn load(sites: &[Site], state_dir: &Path) -> Result<Self, TlsError> {
+    /// (generated when missing or when it does not cover the hosts and the
+    /// machine's `addresses`).
+    pub fn load(sites: &[Site], state_dir: &Path, addresses: &[IpAddr]) -> Result<Self, TlsError> {
         let mut names: BTreeSet<String> = BTreeSet::from([LOCAL_NAME.to_owned()]);
         names.extend(sites.iter().flat_map(|site| site.hosts.iter().cloned()));
-        let fallback = self_signed(&state_dir.join(SELF_SIGNED_DIR), &names)?;
+        names.extend(addresses.iter().map(ToString::to_string));
+        let dir = state_dir.join(SELF_SIGNED_DIR);
+        let fallback = self_signed(&dir, &names)?;
+        let mut status = TableStatus {
+            self_signed: Some(SelfSignedStatus {
+                sha256: sha256_hex(&fallback.cert[0]),
+                names: names.into_iter().collect(),
+                path: SelfSignedPaths::new(&dir).certificate,
+            }),
+            files: Vec::new(),
+        };
         let mut by_host = HashMap::new();
         for site in sites {
             let key = match &site.certificate {
-                Some(files) => Arc::new(load_pem(&site.name, &files.certificate, &files.key)?),
+                Some(files) => {
+                    let key = Arc::new(load_pem(&site.name, &files.certificate, &files.key)?);
+                    let described = crate::acme::certificate::describe(&key.cert[0]).ok();
+                    status.files.push(FileCertificateStatus {
+                        site: site.name.clone(),
+                        issuer: described.as_ref().map(|(_, issuer)| issuer.clone()),
+                        not_after: described.map(|(validity, _)| crate::clock::rfc3339(validity.not_after)),
+                        sha256: sha256_hex(&key.cert[0]),
+                    });
+                    key
+                }
                 None => Arc::clone(&fallback),
             };
             for host in &site.hosts {
                 by_host.insert(host.clone(), Arc::clone(&key));
             }
         }
-        Ok(Self { by_host, fallback })
+        Ok(Self {
+            by_host,
+            fallback,
+            status,
+        })
+    }
+
+    pub fn status(&self) -> &TableStatus {
+        &self.status
     }
 }
 
-/// Serves certificates from a table that reloads replace whole.
+/// The machine's addresses a LAN client may type, for the self-signed
+/// certificate: neither loopback nor link-local.
+pub fn local_addresses() -> Vec<IpAddr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut addresses: Vec<IpAddr> = interfaces
+        .filter_map(|interface| {
+            let address = interface.address?;
+            address
+                .as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .filter(|ip| {
+            !ip.is_loopback()
+                && !ip.is_unspecified()
+                && match ip {
+                    IpAddr::V4(v4) => !v4.is_link_local(),
+                    IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+                }
+        })
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
+/// Serves certificates: an issued one for the host if the ACME CA gave one,
+/// else from the table that reloads replace whole.
 #[derive(Debug)]
 pub struct CertResolver {
     table: ArcSwap<CertTable>,
+    issued: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    challenges: Arc<Challenges>,
 }
 
 impl CertResolver {
-    pub fn new(table: CertTable) -> Self {
+    pub fn new(table: CertTable, challenges: Arc<Challenges>) -> Self {
         Self {
             table: ArcSwap::from_pointee(table),
+            issued: ArcSwap::default(),
+            challenges,
         }
     }
 
@@ -127,14 +224,49 @@ impl CertResolver {
     pub fn replace(&self, table: CertTable) {
         self.table.store(Arc::new(table));
     }
+
+    pub fn table_status(&self) -> TableStatus {
+        self.table.load().status.clone()
+    }
+
+    /// New handshakes for `host` get `key` (open connections keep theirs).
+    pub fn install(&self, host: &str, key: &Arc<CertifiedKey>) {
+        self.issued.rcu(|issued| {
+            let mut issued = HashMap::clone(issued);
+            issued.insert(host.to_owned(), Arc::clone(key));
+            issued
+        });
+    }
+
+    #[cfg(test)]
+    pub(crate) fn issued(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        self.issued.load().get(host).cloned()
+    }
+
+    /// `host` falls back to the table.
+    pub fn uninstall(&self, host: &str) {
+        self.issued.rcu(|issued| {
+            let mut issued = HashMap::clone(issued);
+            issued.remove(host);
+            issued
+        });
+    }
 }
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name().map(str::to_ascii_lowercase);
+        if hello.alpn().is_some_and(challenge::is_validation) {
+            // A CA validating TLS-ALPN-01; without a pending challenge for
+            // the name the handshake fails.
+            return self.challenges.tls_alpn01(name.as_deref()?);
+        }
+        let name = name.as_deref();
+        if let Some(key) = name.and_then(|name| self.issued.load().get(name).cloned()) {
+            return Some(key);
+        }
         let table = self.table.load();
-        let by_name = hello
-            .server_name()
-            .and_then(|name| table.by_host.get(&name.to_ascii_lowercase()));
+        let by_name = name.and_then(|name| table.by_host.get(name));
         Some(Arc::clone(by_name.unwrap_or(&table.fallback)))
     }
 }
@@ -166,7 +298,7 @@ pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'stati
 }
 
 /// A chain and its key, checked to belong together.
-fn certified_key(
+pub(crate) fn certified_key(
     chain: Vec<CertificateDer<'static>>,
     key: &PrivateKeyDer<'_>,
 ) -> Result<CertifiedKey, rustls::Error> {
@@ -211,7 +343,8 @@ fn self_signed(dir: &Path, names: &BTreeSet<String>) -> Result<Arc<CertifiedKey>
     tracing::info!(
         path = %paths.certificate.display(),
         names = ?names,
-        "generated a self-signed certificate"
+        sha256 = %sha256_hex(certificate.der()),
+        "generated a self-signed certificate; compare this SHA-256 fingerprint with what your browser shows"
     );
     Ok(Arc::new(certified))
 }
@@ -233,6 +366,11 @@ impl SelfSignedPaths {
     }
 }
 
+/// SHA-256 of a certificate, as lower-case hex.
+pub fn sha256_hex(certificate: &CertificateDer<'_>) -> String {
+    crate::auth::token::hex(ring::digest::digest(&ring::digest::SHA256, certificate).as_ref())
+}
+
 /// The self-signed certificate's path under `state_dir` (for people who
 /// want to trust it, and for tests).
 pub fn self_signed_certificate_path(state_dir: &Path) -> PathBuf {
@@ -251,10 +389,14 @@ mod tests {
             assert!(is_forward_secret_aead(suite), "{suite:?}");
         }
         let config = server_config(Arc::new(CertResolver::new(
-            CertTable::load(&[], tempfile::tempdir().unwrap().path()).unwrap(),
+            CertTable::load(&[], tempfile::tempdir().unwrap().path(), &[]).unwrap(),
+            Arc::default(),
         )))
         .unwrap();
-        assert_eq!(config.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(
+            config.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec(), b"acme-tls/1".to_vec()]
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::auth::{AuthShared, Principal};
+use crate::acme::AcmeHostStatus;
+use crate::tls::{CertResolver, TableStatus};
 use crate::daemon::{DaemonStatus, SubsystemState, SubsystemStatus};
 use crate::net::{self, HttpLimits, ListenError, ListenerKind, ListenerSet, Serving, StagedListeners};
 use crate::shutdown::Drain;
@@ -51,6 +53,10 @@ pub struct AppState {
     pub host_names: Arc<Vec<String>>,
     /// Users, bans and sessions (shared with the proxy).
     pub auth: Arc<AuthShared>,
+    /// The proxy's certificates: self-signed and sites' files.
+    pub certificates: Arc<CertResolver>,
+    /// Certificates from the ACME CA, per host.
+    pub acme: watch::Receiver<Vec<AcmeHostStatus>>,
 }
 
 /// `localhost`, `camgate.local`, and this machine's host name (plain and
@@ -153,6 +159,14 @@ struct StatusBody<'a> {
     uptime_seconds: u64,
     #[serde(flatten)]
     daemon: &'a DaemonStatus,
+    certificates: Certificates,
+}
+
+#[derive(serde::Serialize)]
+struct Certificates {
+    #[serde(flatten)]
+    table: TableStatus,
+    acme: Vec<AcmeHostStatus>,
 }
 
 async fn status(State(state): State<AppState>) -> Response {
@@ -161,6 +175,10 @@ async fn status(State(state): State<AppState>) -> Response {
         version: crate::VERSION,
         uptime_seconds: state.started.elapsed().as_secs(),
         daemon: &daemon,
+        certificates: Certificates {
+            table: state.certificates.table_status(),
+            acme: state.acme.borrow().clone(),
+        },
     })
     .into_response()
 }

@@ -4,12 +4,13 @@
 //! camgate.toml ──read (size cap, UTF-8, not empty, no control characters)──▶ text
 //!              ──toml + serde (raw.rs, deny_unknown_fields, spans)──▶ RawConfig
 //!              ──validate (validate.rs; proxy.rs for sites and rules;
-//!                          auth.rs for users and tokens)──▶ Config
+//!                          auth.rs for users and tokens; acme.rs)──▶ Config
 //! ```
 //!
 //! Every error names the file, line, column and key (see [`error`]). The only
 //! code that writes the file is [`store::ConfigStore`].
 
+pub mod acme;
 pub mod auth;
 pub mod error;
 pub mod proxy;

@@ -28,6 +28,29 @@ pub(super) struct RawConfig {
     pub(super) users: Vec<RawUser>,
     #[serde(default, rename = "token")]
     pub(super) tokens: Vec<RawToken>,
+    pub(super) acme: Option<RawAcme>,
+}
+
+/// `[acme]`: certificates from an ACME CA. Present means on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an [acme] table")]
+pub(super) struct RawAcme {
+    /// Contact address for the CA's account. Optional.
+    pub(super) email: Option<Spanned<String>>,
+    /// `"letsencrypt"` (default), `"letsencrypt-staging"` or an `https://` URL.
+    pub(super) directory: Option<Spanned<String>>,
+    /// A PEM file with a root CA the directory's own HTTPS certificate
+    /// chains to, trusted besides the public ones (Pebble, step-ca).
+    pub(super) directory_ca: Option<Spanned<String>>,
+    /// Must be `true`: the CA's terms of service are accepted.
+    pub(super) accept_terms: Option<Spanned<bool>>,
+    /// `"auto"` (default), `"http-01"` or `"tls-alpn-01"`.
+    pub(super) challenge: Option<Spanned<String>>,
+    /// Site hosts that get certificates. Default: every site host that can
+    /// have a public certificate, on sites without certificate files.
+    pub(super) hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `"ecdsa-p256"` (default) or `"ecdsa-p384"`.
+    pub(super) key_type: Option<Spanned<String>>,
 }
 
 /// `[auth]`: the brute-force guard and browser sessions.

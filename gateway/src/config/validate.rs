@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::Overrides;
+use super::acme::{self, Acme};
 use super::auth::{self, Auth};
 use super::error::Problem;
 use super::proxy::{self, Proxy, Site};
@@ -48,6 +49,8 @@ pub struct Config {
     pub proxy: Proxy,
     pub sites: Vec<Site>,
     pub auth: Auth,
+    /// `None`: no ACME; sites use their files or the self-signed certificate.
+    pub acme: Option<Acme>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +97,7 @@ pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, P
     let tokens = auth::tokens(raw.tokens, &sites)?;
     let sessions = auth::sessions(&raw.auth)?;
     let guard = auth::guard(raw.auth)?;
+    let acme = acme::acme(raw.acme, &proxy, &sites)?;
     let config = Config {
         daemon,
         admin,
@@ -105,6 +109,7 @@ pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, P
             guard,
             sessions,
         },
+        acme,
     };
     check_listener_clashes(&config)?;
     Ok(config)

@@ -20,6 +20,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::acme::AcmeService;
+use crate::acme::ca::CaError;
 use crate::admin::{self, AdminServer, AppState, Metrics};
 use crate::auth::{AuthShared, NoSink, Sessions};
 use crate::clock::{unix_now, unix_now_f64};
@@ -29,6 +31,7 @@ use crate::proxy::server::{self, ProxyError, ProxyServer};
 use crate::setup;
 use crate::shutdown::Drain;
 use crate::telemetry::LogControl;
+use crate::tls::{self, CertResolver, CertTable, TlsError};
 
 /// Browser sessions, under the state dir (0600).
 const SESSIONS_FILE: &str = "sessions.json";
@@ -83,6 +86,10 @@ pub enum DaemonError {
     Listen(#[from] ListenError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Acme(#[from] CaError),
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -109,6 +116,8 @@ pub enum ReloadError {
     Listen(#[from] ListenError),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Acme(#[from] CaError),
     #[error("cannot apply: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -167,6 +176,7 @@ pub struct Daemon {
     drain: Drain,
     admin: AdminServer,
     proxy: ProxyServer,
+    acme: AcmeService,
     auth: Arc<AuthShared>,
     status: watch::Sender<DaemonStatus>,
     metrics: Arc<Metrics>,
@@ -220,12 +230,22 @@ impl Daemon {
             Box::new(NoSink),
         ));
         drain.spawn(Arc::clone(&auth).keep_sessions_saved(drain.clone()));
+        let challenges = Arc::default();
+        let table = CertTable::load(&config.sites, &config.daemon.state_dir, &tls::local_addresses())?;
+        if let Some(self_signed) = &table.status().self_signed {
+            tracing::info!(sha256 = %self_signed.sha256, path = %self_signed.path.display(),
+                "self-signed certificate for sites without another; browsers show this SHA-256 fingerprint");
+        }
+        let resolver = Arc::new(CertResolver::new(table, Arc::clone(&challenges)));
+        let acme = AcmeService::start(&config, Arc::clone(&resolver), Arc::clone(&challenges), &drain)?;
         let router = admin::router(AppState {
             status: status_rx,
             auth: Arc::clone(&auth),
             metrics: Arc::clone(&metrics),
             started,
             host_names: Arc::new(admin::default_host_names()),
+            certificates: Arc::clone(&resolver),
+            acme: acme.host_status(),
         });
         let admin = AdminServer::start(
             config.admin.listen.iter().copied().zip(listeners.admin).collect(),
@@ -249,6 +269,8 @@ impl Daemon {
                 .zip(listeners.http)
                 .collect(),
             Arc::clone(&auth),
+            resolver,
+            challenges,
             &drain,
         )?;
 
@@ -260,6 +282,7 @@ impl Daemon {
             drain,
             admin,
             proxy,
+            acme,
             auth,
             status,
             metrics,
@@ -340,11 +363,13 @@ impl Daemon {
         // Prepare every subsystem; nothing running has changed yet.
         let admin = self.admin.prepare(&new.admin)?;
         let proxy = self.proxy.prepare(&new)?;
+        let acme = self.acme.prepare(&new)?;
 
         // Commit.
         self.admin.commit(admin, &self.drain).await;
         self.auth.configure(&new.auth);
         self.proxy.commit(proxy, &self.drain).await;
+        self.acme.commit(acme);
         self.log.apply(&new.daemon.log);
         self.config = new;
         if self.setup && !loaded.setup {
@@ -368,7 +393,7 @@ impl Daemon {
     }
 
     fn publish_status(&self, generation: u64) {
-        let mut subsystems = vec![self.admin.status(), self.proxy.status()];
+        let mut subsystems = vec![self.admin.status(), self.proxy.status(), self.acme.status()];
         if !self.config.manages_system() {
             for name in ["firewall", "interfaces"] {
                 subsystems.push(SubsystemStatus {

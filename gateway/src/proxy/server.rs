@@ -35,6 +35,7 @@ use crate::net::{
     Transport,
 };
 use crate::shutdown::Drain;
+use crate::acme::challenge::{Challenges, HTTP01_PREFIX};
 use crate::tls::{self, CertResolver, CertTable, TlsError};
 
 pub const HTTPS_LISTENER: ListenerKind = ListenerKind {
@@ -84,6 +85,8 @@ struct ProxyState {
     https_port: Option<u16>,
     /// Users, tokens, bans and sessions; the same across reloads.
     auth: Arc<AuthShared>,
+    /// Pending ACME challenges, answered on the HTTP listener.
+    challenges: Arc<Challenges>,
 }
 
 #[derive(Debug)]
@@ -109,7 +112,12 @@ struct SiteProxy {
 impl ProxyState {
     /// Builds the state for `config`, reusing `old`'s clients (and their
     /// connection pools) for sites whose client settings did not change.
-    fn build(config: &Config, old: Option<&Self>, auth: &Arc<AuthShared>) -> Result<Self, ProxyError> {
+    fn build(
+        config: &Config,
+        old: Option<&Self>,
+        auth: &Arc<AuthShared>,
+        challenges: &Arc<Challenges>,
+    ) -> Result<Self, ProxyError> {
         let max_age = config.proxy.hsts_max_age.as_secs();
         let hsts = (max_age > 0).then(|| {
             HeaderValue::try_from(format!("max-age={max_age}")).expect("digits are a valid header value")
@@ -148,7 +156,7 @@ impl ProxyState {
                 rule_origins,
                 origins,
                 in_flight,
-                hsts: site.certificate.as_ref().and(hsts.clone()),
+                hsts: has_real_certificate(site, config).then(|| hsts.clone()).flatten(),
                 exempt: exempt_networks(site),
                 login: login_requirement(site),
             });
@@ -162,8 +170,21 @@ impl ProxyState {
             trusted_proxies: config.proxy.trusted_proxies.clone(),
             https_port: config.proxy.https_listen.first().map(SocketAddr::port),
             auth: Arc::clone(auth),
+            challenges: Arc::clone(challenges),
         })
     }
+}
+
+/// Whether the site's certificate is one browsers trust (its own files, or
+/// one from the ACME CA), so HSTS can be sent: browsers ignore HSTS from a
+/// connection with a certificate error (RFC 6797 §8.1), so the header is
+/// harmless while the CA has not issued yet.
+fn has_real_certificate(site: &crate::config::Site, config: &Config) -> bool {
+    site.certificate.is_some()
+        || config
+            .acme
+            .as_ref()
+            .is_some_and(|acme| site.hosts.iter().any(|host| acme.hosts.contains(host)))
 }
 
 /// Every `from` set of the site's `auth` rules: clients there already pass
@@ -226,6 +247,7 @@ pub struct ProxyServer {
     resolver: Arc<CertResolver>,
     tls: Arc<rustls::ServerConfig>,
     auth: Arc<AuthShared>,
+    challenges: Arc<Challenges>,
 }
 
 /// A new config, prepared: listeners bound, certificates loaded, clients
@@ -244,14 +266,17 @@ impl ProxyServer {
         https: Vec<(SocketAddr, std::net::TcpListener)>,
         http: Vec<(SocketAddr, std::net::TcpListener)>,
         auth: Arc<AuthShared>,
+        resolver: Arc<CertResolver>,
+        challenges: Arc<Challenges>,
         drain: &Drain,
     ) -> Result<Self, ProxyError> {
-        let resolver = Arc::new(CertResolver::new(CertTable::load(
-            &config.sites,
-            &config.daemon.state_dir,
-        )?));
         let tls = tls::server_config(Arc::clone(&resolver))?;
-        let state = Arc::new(ArcSwap::from_pointee(ProxyState::build(config, None, &auth)?));
+        let state = Arc::new(ArcSwap::from_pointee(ProxyState::build(
+            config,
+            None,
+            &auth,
+            &challenges,
+        )?));
         let https = ListenerSet::start(HTTPS_LISTENER, https, &|listener| {
             serve(&state, &tls, true, listener, drain)
         })?;
@@ -265,6 +290,7 @@ impl ProxyServer {
             resolver,
             tls,
             auth,
+            challenges,
         })
     }
 
@@ -272,8 +298,8 @@ impl ProxyServer {
         Ok(StagedProxy {
             https: self.https.stage(&config.proxy.https_listen)?,
             http: self.http.stage(&config.proxy.http_listen)?,
-            state: ProxyState::build(config, Some(&self.state.load()), &self.auth)?,
-            certificates: CertTable::load(&config.sites, &config.daemon.state_dir)?,
+            state: ProxyState::build(config, Some(&self.state.load()), &self.auth, &self.challenges)?,
+            certificates: CertTable::load(&config.sites, &config.daemon.state_dir, &tls::local_addresses())?,
         })
     }
 
@@ -807,6 +833,24 @@ fn redirect(
     request: &Request<Incoming>,
     log: &mut AccessLog<'_>,
 ) -> Response<ResponseBody> {
+    // ACME HTTP-01 validation, before any redirect: the CA follows
+    // redirects, but only to ports 80 and 443, and needs no detour.
+    if request.uri().path().starts_with(HTTP01_PREFIX) && matches!(*request.method(), Method::GET | Method::HEAD) {
+        log.decision = "acme-challenge";
+        return match state.challenges.http01(request.uri().path()) {
+            Some(key_authorization) => {
+                let mut response = Response::new(pages::full(key_authorization));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                response
+            }
+            None => {
+                log.reject("no such ACME challenge");
+                pages::respond(pages::NOT_FOUND, false)
+            }
+        };
+    }
     let html = pages::wants_html(request.headers());
     let host = match headers::request_host(request) {
         Ok(host) => host,
