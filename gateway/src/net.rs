@@ -513,3 +513,15 @@ impl ListenerSet {
         addrs
     }
 }
+
+/// `e: cause: cause…` — hyper's own message alone says little.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

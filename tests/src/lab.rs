@@ -52,10 +52,22 @@ impl Lab {
     }
 
     pub fn start_with_dvr_args(tag: &str, extra: &str, dvr_args: &[&str]) -> Self {
+        Self::start_after(tag, dvr_args, |_| ((), extra.to_owned())).0
+    }
+
+    /// Like [`Lab::start_with_dvr_args`], with peers that must run before
+    /// camgate starts (a CA): `prepare` gets the namespaces and returns
+    /// them with the extra config.
+    pub fn start_after<T>(
+        tag: &str,
+        dvr_args: &[&str],
+        prepare: impl FnOnce(&Topology) -> (T, String),
+    ) -> (Self, T) {
         let net = Topology::builder(tag)
             .link(("gw", "203.0.113.1/24"), ("wan", "203.0.113.2/24"))
             .link(("gw", "192.168.50.1/24"), ("lan", "192.168.50.2/24"))
             .build();
+        let (peers, extra) = prepare(&net);
         let dir = tempfile::tempdir().unwrap();
         let mut args = vec!["--listen", "192.168.50.2:8090", "--listen", "192.168.50.2:8081"];
         args.extend_from_slice(dvr_args);
@@ -74,13 +86,19 @@ impl Lab {
             env: Vec::new(),
         });
         let client = TlsClient::trusting(&[&camgate.self_signed_certificate()], &[b"http/1.1"]);
-        Self {
+        let lab = Self {
             camgate,
             dvr,
             net,
             client,
             _dir: dir,
-        }
+        };
+        (lab, peers)
+    }
+
+    /// `/api/status` from the admin listener.
+    pub fn status(&self) -> serde_json::Value {
+        crate::http::get_ok(self.net.ns("gw"), "http://127.0.0.1:8080/api/status").json()
     }
 
     /// One raw request on a new TLS connection from `from` ("wan"/"lan"),

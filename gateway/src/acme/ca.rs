@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -149,7 +150,10 @@ impl AcmeCa {
 
     fn save(&self, stored: &StoredAccount) -> Result<(), AcmeError> {
         let io = |e: std::io::Error| {
-            AcmeError::other(format!("cannot store the ACME account in {}: {e}", self.account_path.display()))
+            AcmeError::other(format!(
+                "cannot store the ACME account in {}: {e}",
+                self.account_path.display()
+            ))
         };
         std::fs::create_dir_all(fsutil::parent_dir(&self.account_path)).map_err(io)?;
         let json = serde_json::to_vec(stored).map_err(|e| io(std::io::Error::other(e)))?;
@@ -162,7 +166,12 @@ impl AcmeCa {
         let _ = fsutil::remove_if_present(&self.account_path);
     }
 
-    fn failure(&self, error: &instant_acme::Error, host: &str, challenge: Option<ChallengeKind>) -> AcmeError {
+    fn failure(
+        &self,
+        error: &instant_acme::Error,
+        host: &str,
+        challenge: Option<ChallengeKind>,
+    ) -> AcmeError {
         let retry_after = self.http.take_retry_after();
         match error {
             instant_acme::Error::Api(problem) => explain(
@@ -174,10 +183,18 @@ impl AcmeCa {
             ),
             instant_acme::Error::Timeout(_) => AcmeError::other(format!(
                 "the CA did not finish {} in time; retrying later",
-                if challenge.is_some() { "validating" } else { "the order" }
+                if challenge.is_some() {
+                    "validating"
+                } else {
+                    "the order"
+                }
             )),
             other => AcmeError {
-                message: format!("cannot talk to the CA at {}: {other}", self.settings.directory),
+                message: format!(
+                    "cannot talk to the CA at {}: {}",
+                    self.settings.directory,
+                    crate::net::error_chain(other)
+                ),
                 kind: FailureKind::Other,
                 retry_after,
             },
@@ -243,7 +260,9 @@ impl AcmeCa {
                 // The reason is on the failed challenge.
                 let mut authorizations = order.authorizations();
                 while let Some(Ok(mut authorization)) = authorizations.next().await {
-                    let Ok(state) = authorization.refresh().await else { continue };
+                    let Ok(state) = authorization.refresh().await else {
+                        continue;
+                    };
                     if let Some(problem) = state.challenges.iter().find_map(|c| c.error.as_ref()) {
                         return Err(explain(
                             problem.r#type.as_deref(),
@@ -262,7 +281,10 @@ impl AcmeCa {
             Err(e) => return Err(validating(&e)),
         }
         order.finalize_csr(request.csr_der).await.map_err(|e| fail(&e))?;
-        order.poll_certificate(&VALIDATION_POLL).await.map_err(|e| fail(&e))
+        order
+            .poll_certificate(&VALIDATION_POLL)
+            .await
+            .map_err(|e| fail(&e))
     }
 }
 
@@ -282,7 +304,10 @@ impl CertificateAuthority for AcmeCa {
         }
     }
 
-    async fn renewal_window(&self, leaf: &CertificateDer<'static>) -> Result<Option<(Window, Duration)>, AcmeError> {
+    async fn renewal_window(
+        &self,
+        leaf: &CertificateDer<'static>,
+    ) -> Result<Option<(Window, Duration)>, AcmeError> {
         let account = self.account().await?;
         let id = CertificateIdentifier::try_from(leaf).map_err(AcmeError::other)?;
         match account.renewal_info(&id).await {
@@ -325,11 +350,12 @@ impl CaHttp {
                 roots.add(certificate).map_err(|e| error(e.to_string()))?;
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()
@@ -368,17 +394,37 @@ impl HttpClient for CaHttp {
                 .await
                 .map_err(|_| instant_acme::Error::Other("the CA did not answer within 30 s".into()))?
                 .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
-            if response.status().is_client_error() || response.status().is_server_error() {
-                let at = response
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(parse_retry_after);
-                if at.is_some() {
-                    *retry_after.lock().unwrap_or_else(PoisonError::into_inner) = at;
-                }
+            if !(response.status().is_client_error() || response.status().is_server_error()) {
+                return Ok(BytesResponse::from(response));
             }
-            Ok(BytesResponse::from(response))
+            let at = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(parse_retry_after);
+            if at.is_some() {
+                *retry_after.lock().unwrap_or_else(PoisonError::into_inner) = at;
+            }
+            // Problem documents are small; reading one here lets the log
+            // show what instant-acme retries quietly.
+            let (parts, body) = response.into_parts();
+            let body = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                http_body_util::Limited::new(body, 64 * 1024).collect(),
+            )
+            .await
+            .map_err(|_| instant_acme::Error::Other("the CA's error response stalled".into()))?
+            .map_err(instant_acme::Error::Other)?
+            .to_bytes();
+            if serde_json::from_slice::<serde_json::Value>(&body)
+                .is_ok_and(|problem| problem["type"] == "urn:ietf:params:acme:error:badNonce")
+            {
+                tracing::info!("the CA refused a nonce as stale (badNonce); retrying with a fresh one");
+            }
+            Ok(BytesResponse::from(http::Response::from_parts(
+                parts,
+                http_body_util::Full::new(body),
+            )))
         })
     }
 }

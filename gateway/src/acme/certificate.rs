@@ -52,7 +52,8 @@ pub fn verify(chain_pem: &str, key_pem: &str, host: &str, now: SystemTime) -> Re
     let Some(anchor) = rest.last() else {
         return Err("the CA sent the certificate without its issuer (no intermediate)".to_owned());
     };
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("the key is not PEM: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("the key is not PEM: {e}"))?;
     let certified = crate::tls::certified_key(chain.clone(), &key)
         .map_err(|e| format!("the certificate does not belong to our key: {e}"))?;
 
@@ -206,7 +207,10 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        (params.serialize_request(&key).unwrap().der().to_vec(), key.serialize_pem())
+        (
+            params.serialize_request(&key).unwrap().der().to_vec(),
+            key.serialize_pem(),
+        )
     }
 
     const HOUR: Duration = Duration::from_secs(3600);

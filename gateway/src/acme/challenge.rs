@@ -75,8 +75,10 @@ fn tls_alpn01_certificate(host: &str, digest: &[u8]) -> Result<CertifiedKey, rcg
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let certificate = params.self_signed(&key_pair)?;
-    let key = PrivateKeyDer::try_from(key_pair.serialize_der()).map_err(|_| rcgen::Error::CouldNotParseKeyPair)?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|_| rcgen::Error::CouldNotParseKeyPair)?;
+    let key =
+        PrivateKeyDer::try_from(key_pair.serialize_der()).map_err(|_| rcgen::Error::CouldNotParseKeyPair)?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|_| rcgen::Error::CouldNotParseKeyPair)?;
     Ok(CertifiedKey::new(vec![certificate.der().clone()], signing))
 }
 
@@ -125,13 +127,18 @@ mod tests {
         let path = format!("{HTTP01_PREFIX}{token}");
         assert_eq!(challenges.http01(&path), None);
         let published = challenges.publish_http01(token, "tok-123_ABC.thumbprint");
-        assert_eq!(challenges.http01(&path).as_deref(), Some("tok-123_ABC.thumbprint"));
+        assert_eq!(
+            challenges.http01(&path).as_deref(),
+            Some("tok-123_ABC.thumbprint")
+        );
         assert_eq!(challenges.http01("/.well-known/acme-challenge/other"), None);
         assert_eq!(challenges.http01(&format!("/x{HTTP01_PREFIX}{token}")), None);
         drop(published);
         assert_eq!(challenges.http01(&path), None);
 
-        let published = challenges.publish_tls_alpn01("dvr.example.org", &[7; 32]).unwrap();
+        let published = challenges
+            .publish_tls_alpn01("dvr.example.org", &[7; 32])
+            .unwrap();
         let certificate = challenges.tls_alpn01("dvr.example.org").unwrap();
         assert!(challenges.tls_alpn01("other.example.org").is_none());
         // The extension holds the digest as a DER OCTET STRING, marked critical.

@@ -35,7 +35,7 @@ use self::problem::{AcmeError, ChallengeKind, FailureKind};
 use self::schedule::{Window, renew_at, retry_delay};
 use crate::clock::{Clock, SystemClock, rfc3339};
 use crate::config::Config;
-use crate::config::acme::{Acme, KeyType};
+use crate::config::acme::{Acme, ChallengePreference, KeyType};
 use crate::daemon::{SubsystemState, SubsystemStatus};
 use crate::shutdown::Drain;
 use crate::tls::CertResolver;
@@ -140,7 +140,9 @@ pub struct Renewer<C, K> {
 
 impl<C, K> std::fmt::Debug for Renewer<C, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Renewer").field("hosts", &self.hosts.len()).finish_non_exhaustive()
+        f.debug_struct("Renewer")
+            .field("hosts", &self.hosts.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -203,8 +205,16 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
     /// start from what is stored, and a changed CA or key type re-issues.
     fn apply(&mut self, plan: Option<Arc<Plan<C>>>) {
         let now = self.clock.now();
-        let wanted: Vec<String> = plan.as_ref().map(|p| p.settings.hosts.clone()).unwrap_or_default();
-        let removed: Vec<String> = self.hosts.keys().filter(|h| !wanted.contains(h)).cloned().collect();
+        let wanted: Vec<String> = plan
+            .as_ref()
+            .map(|p| p.settings.hosts.clone())
+            .unwrap_or_default();
+        let removed: Vec<String> = self
+            .hosts
+            .keys()
+            .filter(|h| !wanted.contains(h))
+            .cloned()
+            .collect();
         for host in removed {
             self.resolver.uninstall(&host);
             self.hosts.remove(&host);
@@ -304,7 +314,9 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
             self.publish();
             return;
         }
-        let Some(state) = self.hosts.get_mut(host) else { return };
+        let Some(state) = self.hosts.get_mut(host) else {
+            return;
+        };
         let challenge = ChallengeKind::choose(plan.settings.challenge, plan.has_http, state.failed_challenge);
         state.working = true;
         state.challenge = Some(challenge);
@@ -313,7 +325,9 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
 
         let result = self.issue(&plan, host, challenge).await;
         let now = self.clock.now();
-        let Some(state) = self.hosts.get_mut(host) else { return };
+        let Some(state) = self.hosts.get_mut(host) else {
+            return;
+        };
         state.working = false;
         match result {
             Ok(installed) => {
@@ -339,12 +353,23 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
             }
             Err(e) => {
                 state.failures += 1;
+                let previous = state.failed_challenge;
                 state.failed_challenge = match e.kind {
                     FailureKind::Validation(kind) => Some(kind),
                     _ => None,
                 };
+                // In automatic mode the other challenge is tried at once,
+                // then both back off together.
+                let switch_now = plan.settings.challenge == ChallengePreference::Auto
+                    && previous.is_none()
+                    && state.failed_challenge.is_some()
+                    && e.retry_after.is_none();
                 let remaining = state.installed.as_ref().map(|i| i.validity.remaining(now));
-                let delay = retry_delay(state.failures, remaining, e.retry_after);
+                let delay = if switch_now {
+                    Duration::ZERO
+                } else {
+                    retry_delay(state.failures, remaining, e.retry_after)
+                };
                 state.due = now + delay;
                 tracing::warn!(host = %host, failures = state.failures, retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())),
                     serving = if state.installed.is_some() { "the current certificate" } else { "the self-signed certificate" },
@@ -359,7 +384,9 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
     /// the CA's renewal window when due, and whether renewal can wait (then
     /// `due` is set to when to look again).
     async fn renewal_not_due(&mut self, plan: &Plan<C>, host: &str, now: SystemTime) -> bool {
-        let Some(state) = self.hosts.get_mut(host) else { return true };
+        let Some(state) = self.hosts.get_mut(host) else {
+            return true;
+        };
         let Some(installed) = state.installed.as_ref().filter(|_| state.current_origin) else {
             return false;
         };
@@ -379,7 +406,9 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
                 }
             }
         }
-        let Some(installed) = state.installed.as_ref() else { return false };
+        let Some(installed) = state.installed.as_ref() else {
+            return false;
+        };
         let renewal = renew_at(installed.validity, state.window, state.jitter);
         if renewal <= now {
             return false;
@@ -393,7 +422,12 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
     }
 
     /// Key, CSR, order, check, store: the certificate ready to install.
-    async fn issue(&self, plan: &Plan<C>, host: &str, challenge: ChallengeKind) -> Result<Installed, AcmeError> {
+    async fn issue(
+        &self,
+        plan: &Plan<C>,
+        host: &str,
+        challenge: ChallengeKind,
+    ) -> Result<Installed, AcmeError> {
         let (key_pem, csr_der) = key_and_csr(host, plan.settings.key_type)
             .map_err(|e| AcmeError::other(format!("cannot make a key and CSR: {e}")))?;
         let state = self.hosts.get(host);
@@ -471,14 +505,20 @@ fn host_status(host: &str, state: &HostState) -> AcmeHostStatus {
             "serving the certificate from {} valid until {}; {} {next}",
             installed.issuer,
             rfc3339(installed.validity.not_after),
-            if state.failures > 0 { "next attempt" } else { "renewal from" },
+            if state.failures > 0 {
+                "next attempt"
+            } else {
+                "renewal from"
+            },
         ),
         (None, Some(expired)) => format!(
             "EXPIRED at {}: browsers see camgate's self-signed certificate until a new one is issued; \
              next attempt {next}",
             rfc3339(expired)
         ),
-        (None, None) => format!("serving camgate's self-signed certificate until one is issued; next attempt {next}"),
+        (None, None) => {
+            format!("serving camgate's self-signed certificate until one is issued; next attempt {next}")
+        }
     };
     AcmeHostStatus {
         host: host.to_owned(),
@@ -564,7 +604,11 @@ impl AcmeService {
         });
         let ca = match same_ca {
             Some(plan) => Arc::clone(&plan.ca),
-            None => Arc::new(AcmeCa::new(settings, Arc::clone(&self.challenges), &self.state_dir)?),
+            None => Arc::new(AcmeCa::new(
+                settings,
+                Arc::clone(&self.challenges),
+                &self.state_dir,
+            )?),
         };
         Ok(StagedAcme(Some(Arc::new(Plan {
             settings: settings.clone(),
@@ -596,7 +640,10 @@ impl AcmeService {
                     "{} host(s) from {}; {} with a valid certificate",
                     plan.settings.hosts.len(),
                     plan.settings.directory,
-                    hosts.iter().filter(|h| matches!(h.state, "valid" | "renewing" | "retrying")).count()
+                    hosts
+                        .iter()
+                        .filter(|h| matches!(h.state, "valid" | "renewing" | "retrying"))
+                        .count()
                 ),
             },
         }

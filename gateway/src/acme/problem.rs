@@ -188,7 +188,13 @@ mod tests {
             None,
         );
         assert!(e.message.contains("TCP 443"), "{}", e.message);
-        let e = explain(Some("urn:ietf:params:acme:error:dns"), None, "dvr.example.org", None, None);
+        let e = explain(
+            Some("urn:ietf:params:acme:error:dns"),
+            None,
+            "dvr.example.org",
+            None,
+            None,
+        );
         assert!(e.message.contains("DNS record"), "{}", e.message);
         assert_eq!(e.kind, FailureKind::Other);
     }
@@ -202,7 +208,11 @@ mod tests {
             None,
             Some(Duration::from_secs(7200)),
         );
-        assert!(e.message.contains("rate limited by the CA; camgate waits 2h"), "{}", e.message);
+        assert!(
+            e.message.contains("rate limited by the CA; camgate waits 2h"),
+            "{}",
+            e.message
+        );
         assert_eq!(e.retry_after, Some(Duration::from_secs(7200)));
         let e = explain(Some("urn:example:weird"), Some("boom"), "h", None, None);
         assert_eq!(e.message, "the CA refused: boom (urn:example:weird)");

@@ -101,7 +101,10 @@ mod tests {
         assert!(earliest < v.not_before + 60 * DAY);
         assert!(earliest > v.not_before + 60 * DAY - 90 * DAY / 20 - Duration::from_secs(1));
         // Short lifetimes scale: 45-day certificates renew at day 30.
-        assert_eq!(renew_at(validity(45), None, 0.0), validity(45).not_before + 30 * DAY);
+        assert_eq!(
+            renew_at(validity(45), None, 0.0),
+            validity(45).not_before + 30 * DAY
+        );
     }
 
     #[test]
@@ -120,9 +123,7 @@ mod tests {
 
     #[test]
     fn retries_double_up_to_a_cap_and_honour_retry_after() {
-        let delays: Vec<u64> = (1..=6)
-            .map(|n| retry_delay(n, None, None).as_secs())
-            .collect();
+        let delays: Vec<u64> = (1..=6).map(|n| retry_delay(n, None, None).as_secs()).collect();
         assert_eq!(delays, [60, 120, 240, 480, 960, 1920]);
         assert_eq!(retry_delay(40, None, None), MAX_RETRY_DELAY);
         // Rate limited for 3 hours: wait 3 hours, not 2 minutes.

@@ -6,7 +6,6 @@ use std::sync::Mutex;
 
 use super::certificate::testing::TestCa;
 use super::*;
-use crate::config::acme::ChallengePreference;
 use crate::tls::CertTable;
 
 const HOST: &str = "dvr.example.org";
@@ -97,7 +96,10 @@ impl CertificateAuthority for FakeCa {
             challenge: request.challenge,
             replaces: request.replaces.is_some(),
         });
-        if let Some(error) = self.down.lock().unwrap().clone() {
+        if let Some(mut error) = self.down.lock().unwrap().clone() {
+            if let FailureKind::Validation(_) = error.kind {
+                error.kind = FailureKind::Validation(request.challenge);
+            }
             return Err(error);
         }
         if let Some(error) = self.failures.lock().unwrap().pop_front() {
@@ -106,14 +108,20 @@ impl CertificateAuthority for FakeCa {
         Ok(self.ca.sign_csr(request.csr_der, now, self.lifetime))
     }
 
-    async fn renewal_window(&self, leaf: &CertificateDer<'static>) -> Result<Option<(Window, Duration)>, AcmeError> {
+    async fn renewal_window(
+        &self,
+        leaf: &CertificateDer<'static>,
+    ) -> Result<Option<(Window, Duration)>, AcmeError> {
         let Some(offset) = *self.window.lock().unwrap() else {
             return Ok(None);
         };
         let (validity, _) = certificate::describe(leaf).unwrap();
         let start = validity.not_before + offset;
         Ok(Some((
-            Window { start, end: start + DAY },
+            Window {
+                start,
+                end: start + DAY,
+            },
             Duration::from_secs(6 * 3600),
         )))
     }
@@ -141,10 +149,20 @@ fn settings(hosts: &[&str], challenge: ChallengePreference) -> Acme {
 
 impl Harness {
     fn start(lifetime: Duration, challenge: ChallengePreference) -> Self {
-        Self::start_in(tempfile::tempdir().unwrap(), PausedClock::new(), lifetime, challenge)
+        Self::start_in(
+            tempfile::tempdir().unwrap(),
+            PausedClock::new(),
+            lifetime,
+            challenge,
+        )
     }
 
-    fn start_in(dir: tempfile::TempDir, clock: PausedClock, lifetime: Duration, challenge: ChallengePreference) -> Self {
+    fn start_in(
+        dir: tempfile::TempDir,
+        clock: PausedClock,
+        lifetime: Duration,
+        challenge: ChallengePreference,
+    ) -> Self {
         let ca = Arc::new(FakeCa::new(clock, lifetime));
         let resolver = Arc::new(CertResolver::new(
             CertTable::load(&[], dir.path(), &[]).unwrap(),
@@ -171,13 +189,23 @@ impl Harness {
     }
 
     fn host(&self) -> AcmeHostStatus {
-        self.status.borrow().iter().find(|h| h.host == HOST).unwrap().clone()
+        self.status
+            .borrow()
+            .iter()
+            .find(|h| h.host == HOST)
+            .unwrap()
+            .clone()
     }
 
     /// Lets time pass (paused time: instantly) until `state`.
     async fn wait_for_state(&mut self, state: &str) -> AcmeHostStatus {
         for _ in 0..10_000 {
-            if self.status.borrow().iter().any(|h| h.host == HOST && h.state == state) {
+            if self
+                .status
+                .borrow()
+                .iter()
+                .any(|h| h.host == HOST && h.state == state)
+            {
                 return self.host();
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -186,7 +214,9 @@ impl Harness {
     }
 
     fn served(&self) -> Option<String> {
-        self.resolver.issued(HOST).map(|key| crate::tls::sha256_hex(&key.cert[0]))
+        self.resolver
+            .issued(HOST)
+            .map(|key| crate::tls::sha256_hex(&key.cert[0]))
     }
 }
 
@@ -213,7 +243,10 @@ async fn issues_at_start_then_renews_at_two_thirds_of_the_lifetime() {
     assert_eq!(days.len(), 4, "{days:?}");
     for (i, day) in days.iter().enumerate() {
         let expected = 60.0 * i as f64;
-        assert!((day - expected).abs() < 0.01, "order {i} on day {day}, expected {expected}");
+        assert!(
+            (day - expected).abs() < 0.01,
+            "order {i} on day {day}, expected {expected}"
+        );
     }
     let now = lab.host();
     assert_ne!(now.sha256, first.sha256, "renewed and swapped");
@@ -233,7 +266,13 @@ async fn a_failing_ca_backs_off_keeps_the_certificate_until_it_expires_then_reco
     let retrying = lab.wait_for_state("retrying").await;
     assert_eq!(retrying.last_error.as_deref(), Some("refused"));
     assert_eq!(lab.served(), good.sha256);
-    assert!(retrying.detail.starts_with("serving the certificate from Fake Issuing CA"), "{}", retrying.detail);
+    assert!(
+        retrying
+            .detail
+            .starts_with("serving the certificate from Fake Issuing CA"),
+        "{}",
+        retrying.detail
+    );
 
     tokio::time::sleep(DAY).await;
     let orders = lab.ca.orders();
@@ -287,10 +326,31 @@ async fn automatic_mode_switches_challenge_after_a_failed_validation() {
         .lock()
         .unwrap()
         .push_back(refused(FailureKind::Validation(ChallengeKind::Http01), None));
-    tokio::time::sleep(Duration::from_secs(120)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let challenges: Vec<ChallengeKind> = lab.ca.orders().iter().map(|o| o.challenge).collect();
-    assert_eq!(challenges, [ChallengeKind::Http01, ChallengeKind::TlsAlpn01]);
+    assert_eq!(
+        challenges,
+        [ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
+        "switched at once"
+    );
     assert_eq!(lab.host().state, "valid");
+
+    // Both failing: they alternate with backoff in between.
+    let lab = Harness::start(90 * DAY, ChallengePreference::Auto);
+    *lab.ca.down.lock().unwrap() = Some(refused(FailureKind::Validation(ChallengeKind::Http01), None));
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    let orders = lab.ca.orders();
+    let challenges: Vec<ChallengeKind> = orders.iter().map(|o| o.challenge).collect();
+    assert_eq!(
+        challenges[..3],
+        [
+            ChallengeKind::Http01,
+            ChallengeKind::TlsAlpn01,
+            ChallengeKind::Http01
+        ]
+    );
+    let gap = orders[2].at.duration_since(orders[1].at).unwrap();
+    assert!(gap >= Duration::from_secs(60), "{gap:?}");
     lab.drain.stop();
 }
 
@@ -302,9 +362,15 @@ async fn the_cas_renewal_window_sets_the_time_and_orders_replace() {
     let orders = lab.ca.orders();
     let days = lab.ca.order_days();
     assert_eq!(orders.len(), 3, "{days:?}");
-    assert!((days[1] - 20.0).abs() < 0.01 && (days[2] - 40.0).abs() < 0.01, "{days:?}");
+    assert!(
+        (days[1] - 20.0).abs() < 0.01 && (days[2] - 40.0).abs() < 0.01,
+        "{days:?}"
+    );
     assert!(!orders[0].replaces);
-    assert!(orders[1].replaces, "an ARI renewal names the certificate it replaces");
+    assert!(
+        orders[1].replaces,
+        "an ARI renewal names the certificate it replaces"
+    );
     assert!(lab.host().renewal_info);
     lab.drain.stop();
 }
@@ -323,7 +389,10 @@ async fn a_stored_certificate_serves_at_start_and_a_removed_host_is_withdrawn() 
     let mut again = Harness::start_in(dir, clock, 90 * DAY, ChallengePreference::Http01);
     let restored = again.wait_for_state("valid").await;
     assert_eq!(restored.sha256, issued.sha256);
-    assert!(again.ca.orders().is_empty(), "no new order for a good stored certificate");
+    assert!(
+        again.ca.orders().is_empty(),
+        "no new order for a good stored certificate"
+    );
     assert_eq!(again.served(), issued.sha256);
 
     again.plans.send_replace(Some(Arc::new(Plan {

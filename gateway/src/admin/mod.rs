@@ -20,12 +20,12 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::auth::{AuthShared, Principal};
 use crate::acme::AcmeHostStatus;
-use crate::tls::{CertResolver, TableStatus};
+use crate::auth::{AuthShared, Principal};
 use crate::daemon::{DaemonStatus, SubsystemState, SubsystemStatus};
 use crate::net::{self, HttpLimits, ListenError, ListenerKind, ListenerSet, Serving, StagedListeners};
 use crate::shutdown::Drain;
+use crate::tls::{CertResolver, TableStatus};
 pub use metrics::Metrics;
 
 pub const LISTENER: ListenerKind = ListenerKind {

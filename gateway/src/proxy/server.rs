@@ -27,6 +27,7 @@ use super::path::CanonicalPath;
 use super::rules::{Action, NetSet, Requirement, RuleUpstream, Verdict};
 use super::upstream::{self, ClientSettings, UpstreamBody, UpstreamClient, UpstreamError};
 use super::{login, pages};
+use crate::acme::challenge::{Challenges, HTTP01_PREFIX};
 use crate::auth::{self, Attempt, AuthShared, Outcome, session};
 use crate::config::Config;
 use crate::daemon::{SubsystemState, SubsystemStatus};
@@ -35,7 +36,6 @@ use crate::net::{
     Transport,
 };
 use crate::shutdown::Drain;
-use crate::acme::challenge::{Challenges, HTTP01_PREFIX};
 use crate::tls::{self, CertResolver, CertTable, TlsError};
 
 pub const HTTPS_LISTENER: ListenerKind = ListenerKind {
@@ -655,7 +655,7 @@ impl Handler {
             }
             Ok(Err(e)) => {
                 let connect = e.is_connect();
-                let why = error_chain(&e);
+                let why = net::error_chain(&e);
                 tracing::warn!(site = %plan.site.site.name, err = %why, "upstream request failed");
                 log.why = Some(why);
                 let problem = if connect {
@@ -835,14 +835,17 @@ fn redirect(
 ) -> Response<ResponseBody> {
     // ACME HTTP-01 validation, before any redirect: the CA follows
     // redirects, but only to ports 80 and 443, and needs no detour.
-    if request.uri().path().starts_with(HTTP01_PREFIX) && matches!(*request.method(), Method::GET | Method::HEAD) {
+    if request.uri().path().starts_with(HTTP01_PREFIX)
+        && matches!(*request.method(), Method::GET | Method::HEAD)
+    {
         log.decision = "acme-challenge";
         return match state.challenges.http01(request.uri().path()) {
             Some(key_authorization) => {
                 let mut response = Response::new(pages::full(key_authorization));
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
                 response
             }
             None => {
@@ -903,18 +906,6 @@ fn closing(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
 
 fn empty() -> ResponseBody {
     Empty::new().map_err(|never| match never {}).boxed()
-}
-
-/// `e: cause: cause…` — hyper's own message alone says little.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
