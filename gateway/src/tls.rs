@@ -243,6 +243,11 @@ impl CertResolver {
         self.issued.load().get(host).cloned()
     }
 
+    /// Whether the CA's certificate serves `host` now.
+    pub fn has_issued(&self, host: &str) -> bool {
+        self.issued.load().contains_key(host)
+    }
+
     /// `host` falls back to the table.
     pub fn uninstall(&self, host: &str) {
         self.issued.rcu(|issued| {

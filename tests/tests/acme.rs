@@ -336,8 +336,15 @@ fn a_ca_outage_keeps_the_certificate_then_falls_back_loudly_and_recovers() {
             .contains("the certificate EXPIRED and could not be renewed")
     );
     let fallback = TlsClient::trusting(&[&lab.camgate.self_signed_certificate()], &[b"http/1.1"]);
-    wan.run(|| fallback.connect(wan_https(), HOST))
+    let mut self_signed = wan
+        .run(|| fallback.connect(wan_https(), HOST))
         .expect("the self-signed certificate");
+    let answer = request_on(&lab, &mut self_signed, "/");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("strict-transport-security"),
+        "no HSTS with the self-signed certificate: {answer}"
+    );
 
     // The CA is back, without the account (Pebble forgets everything); a
     // changed [acme] retries at once, and a new account is made.

@@ -43,16 +43,12 @@ pub enum KeyType {
 
 pub(super) fn acme(raw: Option<RawAcme>, proxy: &Proxy, sites: &[Site]) -> Result<Option<Acme>, Problem> {
     let Some(raw) = raw else { return Ok(None) };
+    let terms = "the CA's terms of service must be accepted: read them (Let's Encrypt: \
+                 https://letsencrypt.org/repository/) and set `accept_terms = true`";
     match &raw.accept_terms {
         Some(accepted) if *accepted.get_ref() => {}
-        other => {
-            return Err(Problem::new(
-                other.as_ref().map_or(0..0, Spanned::span),
-                "acme.accept_terms",
-                "the CA's terms of service must be accepted: read them (Let's Encrypt: \
-                 https://letsencrypt.org/repository/) and set `accept_terms = true`",
-            ));
-        }
+        Some(refused) => return Err(Problem::new(refused.span(), "acme.accept_terms", terms)),
+        None => return Err(Problem::unlocated("acme.accept_terms", terms)),
     }
     let directory = match raw.directory.as_ref().map(|d| d.get_ref().as_str()) {
         None | Some("letsencrypt") => LETSENCRYPT.to_owned(),

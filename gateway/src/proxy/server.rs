@@ -100,8 +100,7 @@ struct SiteProxy {
     /// The DVR's own origins (site and rule upstreams), for redirects.
     origins: Vec<String>,
     in_flight: Arc<Semaphore>,
-    /// `Strict-Transport-Security`, only for sites with a real certificate.
-    hsts: Option<HeaderValue>,
+    hsts: Hsts,
     /// The networks of the site's `auth` rules (its LAN): never banned.
     exempt: Vec<NetSet>,
     /// Every user the site's `auth` rules accept: who may log in here.
@@ -117,6 +116,7 @@ impl ProxyState {
         old: Option<&Self>,
         auth: &Arc<AuthShared>,
         challenges: &Arc<Challenges>,
+        certificates: &Arc<CertResolver>,
     ) -> Result<Self, ProxyError> {
         let max_age = config.proxy.hsts_max_age.as_secs();
         let hsts = (max_age > 0).then(|| {
@@ -156,7 +156,7 @@ impl ProxyState {
                 rule_origins,
                 origins,
                 in_flight,
-                hsts: has_real_certificate(site, config).then(|| hsts.clone()).flatten(),
+                hsts: Hsts::of(site, config, hsts.as_ref(), certificates),
                 exempt: exempt_networks(site),
                 login: login_requirement(site),
             });
@@ -175,16 +175,46 @@ impl ProxyState {
     }
 }
 
-/// Whether the site's certificate is one browsers trust (its own files, or
-/// one from the ACME CA), so HSTS can be sent: browsers ignore HSTS from a
-/// connection with a certificate error (RFC 6797 §8.1), so the header is
-/// harmless while the CA has not issued yet.
-fn has_real_certificate(site: &crate::config::Site, config: &Config) -> bool {
-    site.certificate.is_some()
-        || config
+/// When a site's responses carry `Strict-Transport-Security`: only while
+/// the certificate is one browsers trust. Sent with the self-signed one, it
+/// could lock a browser out of the site for the max-age.
+#[derive(Debug)]
+enum Hsts {
+    Never,
+    /// The site's own certificate files.
+    Always(HeaderValue),
+    /// ACME hosts: while the CA's certificate serves the host.
+    WhenIssued(HeaderValue, Arc<CertResolver>),
+}
+
+impl Hsts {
+    fn of(
+        site: &crate::config::Site,
+        config: &Config,
+        header: Option<&HeaderValue>,
+        certificates: &Arc<CertResolver>,
+    ) -> Self {
+        let Some(header) = header else { return Self::Never };
+        let acme = config
             .acme
             .as_ref()
-            .is_some_and(|acme| site.hosts.iter().any(|host| acme.hosts.contains(host)))
+            .is_some_and(|acme| site.hosts.iter().any(|host| acme.hosts.contains(host)));
+        if site.certificate.is_some() {
+            Self::Always(header.clone())
+        } else if acme {
+            Self::WhenIssued(header.clone(), Arc::clone(certificates))
+        } else {
+            Self::Never
+        }
+    }
+
+    fn for_host(&self, host: &str) -> Option<&HeaderValue> {
+        match self {
+            Self::Always(header) => Some(header),
+            Self::WhenIssued(header, certificates) if certificates.has_issued(host) => Some(header),
+            _ => None,
+        }
+    }
 }
 
 /// Every `from` set of the site's `auth` rules: clients there already pass
@@ -276,6 +306,7 @@ impl ProxyServer {
             None,
             &auth,
             &challenges,
+            &resolver,
         )?));
         let https = ListenerSet::start(HTTPS_LISTENER, https, &|listener| {
             serve(&state, &tls, true, listener, drain)
@@ -298,7 +329,13 @@ impl ProxyServer {
         Ok(StagedProxy {
             https: self.https.stage(&config.proxy.https_listen)?,
             http: self.http.stage(&config.proxy.http_listen)?,
-            state: ProxyState::build(config, Some(&self.state.load()), &self.auth, &self.challenges)?,
+            state: ProxyState::build(
+                config,
+                Some(&self.state.load()),
+                &self.auth,
+                &self.challenges,
+                &self.resolver,
+            )?,
             certificates: CertTable::load(&config.sites, &config.daemon.state_dir, &tls::local_addresses())?,
         })
     }
@@ -681,7 +718,7 @@ impl Handler {
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::rewrite_upstream_urls(&mut parts.headers, &plan.site.origins, &plan.host.original);
-        if let Some(hsts) = &plan.site.hsts {
+        if let Some(hsts) = plan.site.hsts.for_host(&plan.host.name) {
             parts
                 .headers
                 .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
