@@ -44,16 +44,6 @@ work=$(mktemp -d /tmp/cgbench-acme.XXXXXX)
 . "$here/lib.sh"
 ip link set lo up
 
-wait_port() {
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "acme.sh: nothing listens on port $1:" >&2
-  cat "$2" >&2
-  exit 1
-}
-
 # Waits until nothing listens on port $1 (the previous client is gone).
 wait_port_free() {
   for _ in $(seq 200); do

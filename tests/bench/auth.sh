@@ -50,16 +50,6 @@ ip link set lo up
 printf '127.0.0.1 localhost bench.test\n' >"$work/hosts"
 mount --bind "$work/hosts" /etc/hosts
 
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "auth.sh: nothing listens on port $1:" >&2
-  cat "$2" >&2
-  exit 1
-}
-
 # --- The upstream: any path answers the same 1 KiB ----------------------------------------------------------
 head -c 1024 /dev/urandom >"$work/1k.bin"
 cat >"$work/nginx.conf" <<EOF

@@ -24,3 +24,14 @@ spawn() {
   started+=("$!")
   server_pid=$!
 }
+
+# Waits up to 10 s until something listens on 127.0.0.1:$1; else shows log $2 and fails.
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "${0##*/}: nothing listens on port $1:" >&2
+  cat "$2" >&2
+  exit 1
+}
