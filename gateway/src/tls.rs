@@ -175,7 +175,9 @@ impl CertTable {
 }
 
 /// The machine's addresses a LAN client may type, for the self-signed
-/// certificate: neither loopback nor link-local.
+/// certificate: IPv4 other than loopback and link-local, and IPv6 unique
+/// local addresses. Global IPv6 addresses are left out: privacy addresses
+/// change daily, and each change would mean a new certificate.
 pub fn local_addresses() -> Vec<IpAddr> {
     let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
         return Vec::new();
@@ -188,13 +190,9 @@ pub fn local_addresses() -> Vec<IpAddr> {
                 .map(|v4| IpAddr::V4(v4.ip()))
                 .or_else(|| address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
         })
-        .filter(|ip| {
-            !ip.is_loopback()
-                && !ip.is_unspecified()
-                && match ip {
-                    IpAddr::V4(v4) => !v4.is_link_local(),
-                    IpAddr::V6(v6) => !v6.is_unicast_link_local(),
-                }
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+            IpAddr::V6(v6) => v6.is_unique_local(),
         })
         .collect();
     addresses.sort();
@@ -314,11 +312,17 @@ pub(crate) fn certified_key(
 }
 
 /// Loads the self-signed certificate from `dir`, or makes a new one when it
-/// is missing, unreadable or was made for other names.
+/// is missing, unreadable or lacks one of `names`. A certificate naming
+/// more (an address the machine no longer has) is kept: every new one is a
+/// new fingerprint for people to check.
 fn self_signed(dir: &Path, names: &BTreeSet<String>) -> Result<Arc<CertifiedKey>, TlsError> {
     let paths = SelfSignedPaths::new(dir);
     let wanted = names.iter().cloned().collect::<Vec<_>>().join("\n");
-    if fs::read_to_string(&paths.names).is_ok_and(|stored| stored == wanted)
+    let covers = |stored: String| {
+        let stored: BTreeSet<&str> = stored.lines().collect();
+        names.iter().all(|name| stored.contains(name.as_str()))
+    };
+    if fs::read_to_string(&paths.names).is_ok_and(covers)
         && let Ok(key) = load_pem("(self-signed)", &paths.certificate, &paths.key)
     {
         return Ok(Arc::new(key));
@@ -417,9 +421,15 @@ mod tests {
             0o600
         );
 
+        let fewer = BTreeSet::from(["camgate.local".to_owned()]);
+        assert_eq!(
+            self_signed(dir.path(), &fewer).unwrap().cert,
+            first.cert,
+            "still covers them"
+        );
         let more = BTreeSet::from(["camgate.local".to_owned(), "192.168.1.5".to_owned()]);
         let other = self_signed(dir.path(), &more).unwrap();
-        assert_ne!(first.cert, other.cert, "new names, new certificate");
+        assert_ne!(first.cert, other.cert, "a new name, a new certificate");
 
         // A damaged key is replaced, not fatal.
         fs::write(&key, "garbage").unwrap();

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -28,13 +28,15 @@ use serde::{Deserialize, Serialize};
 
 use super::challenge::{Challenges, Published};
 use super::problem::{AcmeError, ChallengeKind, FailureKind, explain};
-use super::schedule::Window;
+use super::schedule::{MAX_RETRY_AFTER, Window};
 use super::{CertificateAuthority, OrderRequest};
 use crate::config::acme::Acme;
 use crate::fsutil;
 
 /// One request to the CA; LE answers in well under a second.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest response read from the CA (chains and problems are a few KiB).
+const MAX_BODY: usize = 1024 * 1024;
 /// Validation by the CA: Let's Encrypt takes a few seconds, Pebble without
 /// its sleeps a few milliseconds, hence the short first poll.
 const VALIDATION_POLL: RetryPolicy = RetryPolicy::new()
@@ -93,31 +95,15 @@ impl AcmeCa {
             return Ok(account.clone());
         }
         let contact: Vec<&str> = self.settings.contact.iter().map(String::as_str).collect();
-        let stored = std::fs::read(&self.account_path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<StoredAccount>(&bytes).ok())
-            .filter(|stored| stored.directory == self.settings.directory);
-        let account = match stored {
-            Some(stored) => {
+        let account = match self.stored_account()? {
+            Some((stored, bytes)) => {
                 let contact_changed = stored.contact != self.settings.contact;
                 let account = Account::builder_with_http(self.http.boxed())
                     .from_credentials(stored.credentials)
                     .await
                     .map_err(|e| self.failure(&e, "", None))?;
                 if contact_changed {
-                    account
-                        .update_contacts(&contact)
-                        .await
-                        .map_err(|e| self.failure(&e, "", None))?;
-                    tracing::info!(contact = ?self.settings.contact, "updated the ACME account's contact");
-                    // The credentials are unchanged; record the new contact.
-                    let reread = std::fs::read(&self.account_path).map_err(|e| {
-                        AcmeError::other(format!("cannot read {}: {e}", self.account_path.display()))
-                    })?;
-                    let mut stored: StoredAccount = serde_json::from_slice(&reread)
-                        .map_err(|e| AcmeError::other(format!("{}: {e}", self.account_path.display())))?;
-                    stored.contact.clone_from(&self.settings.contact);
-                    self.save(&stored)?;
+                    self.update_contact(&account, &contact, &bytes).await?;
                 }
                 account
             }
@@ -146,6 +132,58 @@ impl AcmeCa {
         };
         *cached = Some(account.clone());
         Ok(account)
+    }
+
+    /// The stored account for this directory and its file's bytes; a
+    /// damaged file is set aside (`.bad`) so a new account can be made.
+    fn stored_account(&self) -> Result<Option<(StoredAccount, Vec<u8>)>, AcmeError> {
+        let bytes = match std::fs::read(&self.account_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(AcmeError::other(format!(
+                    "cannot read the ACME account {}: {e}",
+                    self.account_path.display()
+                )));
+            }
+        };
+        match serde_json::from_slice::<StoredAccount>(&bytes) {
+            Ok(stored) if stored.directory == self.settings.directory => Ok(Some((stored, bytes))),
+            _ => {
+                let mut aside = self.account_path.as_os_str().to_owned();
+                aside.push(".bad");
+                tracing::warn!(path = %self.account_path.display(),
+                    "the ACME account file is damaged; set aside as .bad, a new account will be made");
+                std::fs::rename(&self.account_path, &aside).map_err(|e| {
+                    AcmeError::other(format!("cannot set aside {}: {e}", self.account_path.display()))
+                })?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sends the configured contact to the CA. Only a vanished account is an
+    /// error: a refused contact must not stop certificates.
+    async fn update_contact(
+        &self,
+        account: &Account,
+        contact: &[&str],
+        stored: &[u8],
+    ) -> Result<(), AcmeError> {
+        if let Err(e) = account.update_contacts(contact).await {
+            let e = self.failure(&e, "", None);
+            if e.kind == FailureKind::AccountGone {
+                return Err(e);
+            }
+            tracing::warn!("cannot update the ACME account's contact; keeping the old one: {e}");
+            return Ok(());
+        }
+        tracing::info!(contact = ?self.settings.contact, "updated the ACME account's contact");
+        // The credentials are unchanged; record the new contact.
+        let mut updated: StoredAccount = serde_json::from_slice(stored)
+            .map_err(|e| AcmeError::other(format!("{}: {e}", self.account_path.display())))?;
+        updated.contact.clone_from(&self.settings.contact);
+        self.save(&updated)
     }
 
     fn save(&self, stored: &StoredAccount) -> Result<(), AcmeError> {
@@ -394,62 +432,81 @@ impl HttpClient for CaHttp {
                 .await
                 .map_err(|_| instant_acme::Error::Other("the CA did not answer within 30 s".into()))?
                 .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
-            if !(response.status().is_client_error() || response.status().is_server_error()) {
-                return Ok(BytesResponse::from(response));
+            let refused = response.status().is_client_error() || response.status().is_server_error();
+            let (mut parts, body) = response.into_parts();
+            // instant-acme adds a Retry-After to the clock unchecked (an
+            // absurd one would panic): it only ever sees a sane number.
+            let wait = parts
+                .headers
+                .remove(http::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok().and_then(parse_retry_after));
+            if let Some(wait) = wait {
+                parts
+                    .headers
+                    .insert(http::header::RETRY_AFTER, wait.as_secs().into());
+                if refused {
+                    *retry_after.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(SystemTime::now() + wait);
+                }
             }
-            let at = response
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|value| value.to_str().ok())
-                .and_then(parse_retry_after);
-            if at.is_some() {
-                *retry_after.lock().unwrap_or_else(PoisonError::into_inner) = at;
-            }
-            // Problem documents are small; reading one here lets the log
-            // show what instant-acme retries quietly.
-            let (parts, body) = response.into_parts();
-            let body = tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                http_body_util::Limited::new(body, 64 * 1024).collect(),
-            )
-            .await
-            .map_err(|_| instant_acme::Error::Other("the CA's error response stalled".into()))?
-            .map_err(instant_acme::Error::Other)?
-            .to_bytes();
-            if serde_json::from_slice::<serde_json::Value>(&body)
-                .is_ok_and(|problem| problem["type"] == "urn:ietf:params:acme:error:badNonce")
+            // Whole bodies within the timeout: instant-acme reads them later
+            // without one, and a stalled CA would stall every renewal.
+            let body = tokio::time::timeout(REQUEST_TIMEOUT, Limited::new(body, MAX_BODY).collect())
+                .await
+                .map_err(|_| instant_acme::Error::Other("the CA's response stalled".into()))?
+                .map_err(instant_acme::Error::Other)?
+                .to_bytes();
+            if refused
+                && serde_json::from_slice::<serde_json::Value>(&body)
+                    .is_ok_and(|problem| problem["type"] == "urn:ietf:params:acme:error:badNonce")
             {
                 tracing::info!("the CA refused a nonce as stale (badNonce); retrying with a fresh one");
             }
             Ok(BytesResponse::from(http::Response::from_parts(
                 parts,
-                http_body_util::Full::new(body),
+                Full::new(body),
             )))
         })
     }
 }
 
-/// `Retry-After`: seconds or an HTTP date (RFC 9110 §10.2.3).
-fn parse_retry_after(value: &str) -> Option<SystemTime> {
+/// `Retry-After` (seconds or an HTTP date, RFC 9110 §10.2.3) as a wait
+/// from now, at most [`MAX_RETRY_AFTER`].
+fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
-    match value.parse::<u64>() {
-        Ok(seconds) => Some(SystemTime::now() + Duration::from_secs(seconds)),
-        Err(_) => httpdate::parse_http_date(value).ok(),
-    }
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_retry_after;
+    use super::{MAX_RETRY_AFTER, parse_retry_after};
     use std::time::{Duration, SystemTime};
 
     #[test]
-    fn retry_after_takes_seconds_and_dates() {
-        let at = parse_retry_after("120").unwrap();
-        let wait = at.duration_since(SystemTime::now()).unwrap();
-        assert!(wait > Duration::from_secs(118) && wait <= Duration::from_secs(120));
-        let date = parse_retry_after("Fri, 31 Dec 2100 23:59:59 GMT").unwrap();
-        assert!(date > SystemTime::now() + Duration::from_secs(86_400 * 365 * 50));
+    fn retry_after_takes_seconds_and_dates_and_caps_them() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        let in_a_day = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(86_400));
+        let wait = parse_retry_after(&in_a_day).unwrap();
+        assert!(
+            wait > Duration::from_secs(86_300) && wait <= Duration::from_secs(86_400),
+            "{wait:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 2100 23:59:59 GMT"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("18446744073709551615"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert!(parse_retry_after("soon").is_none());
     }
 }

@@ -22,7 +22,7 @@ use super::schedule::Validity;
 use crate::fsutil;
 
 /// A chain that passed [`verify`], with what the status shows about it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Installed {
     pub key: Arc<CertifiedKey>,
     pub validity: Validity,
@@ -39,10 +39,14 @@ impl Installed {
 }
 
 /// Checks that `chain_pem` is a chain for `host` that `key_pem` belongs to,
-/// valid at `now`, each certificate signed by the next (the last one is
-/// taken as the anchor: the CA's root is not ours to know), for server
-/// authentication; and returns it ready to serve.
-pub fn verify(chain_pem: &str, key_pem: &str, host: &str, now: SystemTime) -> Result<Installed, String> {
+/// each certificate signed by the next (the last one is taken as the
+/// anchor: the CA's root is not ours to know), for server authentication;
+/// and returns it ready to serve.
+///
+/// Time is left to the caller ([`Validity::expired`]): a board without a
+/// real-time clock may boot hours behind, and a fresh certificate that is
+/// "not valid yet" by that clock must not be thrown away and ordered again.
+pub fn verify(chain_pem: &str, key_pem: &str, host: &str) -> Result<Installed, String> {
     let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("the chain is not PEM: {e}"))?;
@@ -66,14 +70,16 @@ pub fn verify(chain_pem: &str, key_pem: &str, host: &str, now: SystemTime) -> Re
         .build()
         .map_err(|e| e.to_string())?;
     let name = ServerName::try_from(host.to_owned()).map_err(|e| format!("{host:?}: {e}"))?;
-    let since_epoch = now
+    let (validity, issuer) = describe(leaf)?;
+    // Any instant inside the leaf's validity: see above.
+    let inside = validity
+        .not_after
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
     verifier
-        .verify_server_cert(leaf, rest, &name, &[], UnixTime::since_unix_epoch(since_epoch))
+        .verify_server_cert(leaf, rest, &name, &[], UnixTime::since_unix_epoch(inside))
         .map_err(|e| format!("the chain does not verify for {host}: {e}"))?;
 
-    let (validity, issuer) = describe(leaf)?;
     Ok(Installed {
         key: Arc::new(certified),
         validity,
@@ -111,7 +117,7 @@ pub struct Origin {
 }
 
 /// `acme/certs` under the state dir.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CertStore {
     dir: PathBuf,
 }
@@ -221,7 +227,7 @@ mod tests {
         let now = SystemTime::now();
         let (csr, key) = csr("dvr.example.org");
         let chain = ca.sign_csr(&csr, now - HOUR, 90 * 24 * HOUR);
-        let installed = verify(&chain, &key, "dvr.example.org", now).unwrap();
+        let installed = verify(&chain, &key, "dvr.example.org").unwrap();
         assert_eq!(installed.issuer, "Test Issuing CA");
         assert_eq!(installed.validity.lifetime(), 90 * 24 * HOUR);
         assert_eq!(installed.key.cert.len(), 2);
@@ -236,21 +242,25 @@ mod tests {
         let (_, key_b) = csr("dvr.example.org");
         let chain = ca.sign_csr(&csr_a, now - HOUR, 24 * HOUR);
 
-        let e = verify(&chain, &key_b, "dvr.example.org", now).unwrap_err();
+        let e = verify(&chain, &key_b, "dvr.example.org").unwrap_err();
         assert!(e.contains("does not belong to our key"), "{e}");
-        let e = verify(&chain, &key_a, "other.example.org", now).unwrap_err();
+        let e = verify(&chain, &key_a, "other.example.org").unwrap_err();
         assert!(e.contains("does not verify for other.example.org"), "{e}");
-        let e = verify(&chain, &key_a, "dvr.example.org", now + 2 * 24 * HOUR).unwrap_err();
-        assert!(e.contains("does not verify"), "{e}");
         let leaf_only = &chain[..chain.find("-----END CERTIFICATE-----").unwrap() + 26];
-        let e = verify(leaf_only, &key_a, "dvr.example.org", now).unwrap_err();
+        let e = verify(leaf_only, &key_a, "dvr.example.org").unwrap_err();
         assert!(e.contains("without its issuer"), "{e}");
         // Signed by another CA than the one the chain names.
         let other = TestCa::new("CA");
         let forged = format!("{}{}", &chain[..chain.find(&ca.pem).unwrap()], other.pem);
-        let e = verify(&forged, &key_a, "dvr.example.org", now).unwrap_err();
+        let e = verify(&forged, &key_a, "dvr.example.org").unwrap_err();
         assert!(e.contains("does not verify"), "{e}");
-        assert!(verify("", &key_a, "dvr.example.org", now).is_err());
+        assert!(verify("", &key_a, "dvr.example.org").is_err());
+        // Time is the caller's: a chain not valid yet by a clock that is
+        // behind, or expired, still verifies, and says when it is valid.
+        let later = ca.sign_csr(&csr_a, now + 2 * HOUR, 24 * HOUR);
+        let installed = verify(&later, &key_a, "dvr.example.org").unwrap();
+        assert!(!installed.validity.expired(now));
+        assert!(installed.validity.expired(now + 3 * 24 * HOUR));
     }
 
     #[test]
@@ -268,7 +278,7 @@ mod tests {
         store.save("dvr.example.org", &chain, &key, &origin).unwrap();
         let (chain_back, key_back, origin_back) = store.load("dvr.example.org").unwrap();
         assert_eq!(origin_back, Some(origin));
-        verify(&chain_back, &key_back, "dvr.example.org", SystemTime::now()).unwrap();
+        verify(&chain_back, &key_back, "dvr.example.org").unwrap();
         let path = dir.path().join("acme/certs/dvr.example.org.pem");
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600);

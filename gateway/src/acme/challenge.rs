@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::PrivateKeyDer;
 
-/// The ALPN protocol of TLS-ALPN-01 validation connections.
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+use crate::tls::ACME_TLS_ALPN;
+
 /// Where HTTP-01 answers live on port 80.
 pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 

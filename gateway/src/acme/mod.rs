@@ -109,9 +109,16 @@ pub struct AcmeHostStatus {
 #[derive(Debug)]
 struct HostState {
     installed: Option<Installed>,
+    /// Where the installed certificate came from, if known.
+    origin: Option<Origin>,
     /// The installed certificate came from the configured CA and key type.
     current_origin: bool,
+    /// The next wake-up: renewal, ARI check or retry.
     due: SystemTime,
+    /// When the installed certificate is to be renewed (for the status).
+    renewal_at: Option<SystemTime>,
+    /// The CA's `Retry-After`: no order before it, whatever else changes.
+    not_before: Option<SystemTime>,
     jitter: f64,
     window: Option<Window>,
     /// `None` until the CA was asked.
@@ -232,17 +239,27 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
         for host in &plan.settings.hosts {
             if let Some(state) = self.hosts.get_mut(host) {
                 if settings_changed {
-                    // A new [acme] is a fresh start: no leftover backoff.
+                    // Another CA or key type orders anew; what was learnt
+                    // about the old CA's ARI no longer holds. A changed
+                    // [acme] restarts the backoff, never before the CA's
+                    // Retry-After.
+                    state.current_origin = state.origin.as_ref() == Some(&origin);
+                    state.ari = None;
+                    state.window = None;
+                    state.next_window_check = now;
                     state.failures = 0;
                     state.failed_challenge = None;
-                    state.due = now;
+                    state.due = state.not_before.map_or(now, |not_before| not_before.max(now));
                 }
                 continue;
             }
             let mut state = HostState {
                 installed: None,
+                origin: None,
                 current_origin: false,
                 due: now,
+                renewal_at: None,
+                not_before: None,
                 jitter: (self.jitter)(),
                 window: None,
                 ari: None,
@@ -257,9 +274,15 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
                 last_error: None,
             };
             if let Some((chain, key, stored_origin)) = self.store.load(host) {
-                match certificate::verify(&chain, &key, host, now) {
+                match certificate::verify(&chain, &key, host) {
+                    Ok(installed) if installed.validity.expired(now) => {
+                        tracing::error!(host = %host, expired = %rfc3339(installed.validity.not_after),
+                            "the stored certificate EXPIRED; serving the self-signed certificate until a new one is issued");
+                        state.expired_at = Some(installed.validity.not_after);
+                    }
                     Ok(installed) => {
                         state.current_origin = stored_origin.as_ref() == Some(&origin);
+                        state.origin = stored_origin;
                         self.resolver.install(host, &installed.key);
                         tracing::info!(host = %host, issuer = %installed.issuer,
                             not_after = %rfc3339(installed.validity.not_after), "serving the stored certificate");
@@ -330,9 +353,10 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
         };
         state.working = false;
         match result {
-            Ok(installed) => {
+            Ok((installed, stored)) => {
                 self.resolver.install(host, &installed.key);
                 state.jitter = (self.jitter)();
+                state.renewal_at = Some(renew_at(installed.validity, None, state.jitter));
                 state.due = renew_at(installed.validity, None, state.jitter);
                 // Ask the CA for its window for the new certificate now.
                 if state.ari != Some(false) {
@@ -342,10 +366,13 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
                 state.window = None;
                 state.failures = 0;
                 state.failed_challenge = None;
+                state.origin = Some(origin_of(&plan.settings, plan.ca.directory()));
                 state.current_origin = true;
                 state.expired_at = None;
+                state.not_before = None;
                 state.last_success = Some(now);
-                state.last_error = None;
+                // Not stored: it serves until a restart, which orders again.
+                state.last_error = stored.err();
                 tracing::info!(host = %host, issuer = %installed.issuer,
                     not_after = %rfc3339(installed.validity.not_after), challenge = challenge.as_str(),
                     "installed a new certificate");
@@ -371,6 +398,7 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
                     retry_delay(state.failures, remaining, e.retry_after)
                 };
                 state.due = now + delay;
+                state.not_before = e.retry_after.map(|_| state.due);
                 tracing::warn!(host = %host, failures = state.failures, retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())),
                     serving = if state.installed.is_some() { "the current certificate" } else { "the self-signed certificate" },
                     "certificate order failed: {}", e.message);
@@ -410,6 +438,7 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
             return false;
         };
         let renewal = renew_at(installed.validity, state.window, state.jitter);
+        state.renewal_at = Some(renewal);
         if renewal <= now {
             return false;
         }
@@ -421,18 +450,23 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
         true
     }
 
-    /// Key, CSR, order, check, store: the certificate ready to install.
+    /// Key, CSR, order, check, store: the certificate ready to install, and
+    /// whether it was stored. A certificate the CA issued is never thrown
+    /// away for a storage error: ordering again would run into the CA's
+    /// duplicate-certificate limit.
     async fn issue(
         &self,
         plan: &Plan<C>,
         host: &str,
         challenge: ChallengeKind,
-    ) -> Result<Installed, AcmeError> {
+    ) -> Result<(Installed, Result<(), String>), AcmeError> {
         let (key_pem, csr_der) = key_and_csr(host, plan.settings.key_type)
             .map_err(|e| AcmeError::other(format!("cannot make a key and CSR: {e}")))?;
         let state = self.hosts.get(host);
+        // ARI `replaces` on the first try only: a refused one (e.g.
+        // alreadyReplaced) must not fail every retry.
         let replaces = state
-            .filter(|s| s.ari == Some(true) && s.current_origin)
+            .filter(|s| s.ari == Some(true) && s.current_origin && s.failures == 0)
             .and_then(|s| s.installed.as_ref())
             .map(Installed::leaf);
         let chain = plan
@@ -444,13 +478,14 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
                 replaces,
             })
             .await?;
-        let installed = certificate::verify(&chain, &key_pem, host, self.clock.now())
+        let installed = certificate::verify(&chain, &key_pem, host)
             .map_err(|e| AcmeError::other(format!("the CA's certificate was refused: {e}")))?;
         let origin = origin_of(&plan.settings, plan.ca.directory());
-        self.store
-            .save(host, &chain, &key_pem, &origin)
-            .map_err(|e| AcmeError::other(format!("cannot store the certificate: {e}")))?;
-        Ok(installed)
+        let stored = self.store.save(host, &chain, &key_pem, &origin).map_err(|e| {
+            tracing::error!(host = %host, "cannot store the new certificate; serving it from memory: {e}");
+            format!("cannot store the certificate under the state dir: {e}; it serves until camgate restarts")
+        });
+        Ok((installed, stored))
     }
 
     fn publish(&self) {
@@ -466,11 +501,7 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
 fn origin_of(settings: &Acme, directory: &str) -> Origin {
     Origin {
         directory: directory.to_owned(),
-        key_type: match settings.key_type {
-            KeyType::EcdsaP256 => "ecdsa-p256",
-            KeyType::EcdsaP384 => "ecdsa-p384",
-        }
-        .to_owned(),
+        key_type: settings.key_type.as_str().to_owned(),
     }
 }
 
@@ -499,7 +530,12 @@ fn host_status(host: &str, state: &HostState) -> AcmeHostStatus {
         (false, false, true) => "failing",
         (false, false, false) => "pending",
     };
-    let next = rfc3339(state.due);
+    // While all is well, the renewal; otherwise the next attempt.
+    let next_time = match (installed, state.renewal_at) {
+        (Some(_), Some(renewal)) if state.failures == 0 && !state.working => renewal,
+        _ => state.due,
+    };
+    let next = rfc3339(next_time);
     let detail = match (installed, state.expired_at) {
         (Some(installed), _) => format!(
             "serving the certificate from {} valid until {}; {} {next}",

@@ -85,6 +85,8 @@ pub fn explain(
     challenge: Option<ChallengeKind>,
     retry_after: Option<Duration>,
 ) -> AcmeError {
+    // Account-level calls have no host.
+    let host = if host.is_empty() { "this name" } else { host };
     let short = problem_type
         .map(|t| t.trim_start_matches("urn:ietf:params:acme:error:"))
         .unwrap_or("");
@@ -128,6 +130,9 @@ pub fn explain(
             kind: FailureKind::Other,
             retry_after,
         },
+        "alreadyReplaced" => AcmeError::other(format!(
+            "the CA says the certificate being renewed was already replaced; the next order is a plain one{said}"
+        )),
         "badNonce" => AcmeError::other(format!(
             "the CA rejected camgate's requests repeatedly as replays (badNonce); retrying later{said}"
         )),

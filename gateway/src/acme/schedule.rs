@@ -59,6 +59,10 @@ pub fn renew_at(validity: Validity, window: Option<Window>, jitter: f64) -> Syst
 /// lifetime, if shorter).
 const MIN_CERTIFICATE_AGE: Duration = Duration::from_secs(3600);
 
+/// The longest `Retry-After` honoured (Let's Encrypt's longest limits are a
+/// week); anything longer is a CA bug and must not park a host for good.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The longest wait between two failed attempts.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 3600);
 /// Without a certificate, the first retry comes after this.
@@ -76,7 +80,7 @@ pub fn retry_delay(failures: u32, remaining: Option<Duration>, retry_after: Opti
     let cap = remaining.map_or(MAX_RETRY_DELAY, |left| (left / 2).clamp(first, MAX_RETRY_DELAY));
     let doublings = failures.saturating_sub(1).min(20);
     let backoff = first.saturating_mul(1 << doublings).min(cap);
-    retry_after.map_or(backoff, |asked| backoff.max(asked))
+    retry_after.map_or(backoff, |asked| backoff.max(asked.min(MAX_RETRY_AFTER)))
 }
 
 #[cfg(test)]
@@ -129,6 +133,11 @@ mod tests {
         // Rate limited for 3 hours: wait 3 hours, not 2 minutes.
         let asked = Duration::from_secs(3 * 3600);
         assert_eq!(retry_delay(2, None, Some(asked)), asked);
+        // An absurd one is capped at a week.
+        assert_eq!(
+            retry_delay(1, None, Some(Duration::from_secs(u64::MAX))),
+            MAX_RETRY_AFTER
+        );
         // A short Retry-After does not cut the backoff.
         assert_eq!(retry_delay(3, None, Some(Duration::from_secs(1))).as_secs(), 240);
     }

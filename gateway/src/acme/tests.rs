@@ -405,3 +405,90 @@ async fn a_stored_certificate_serves_at_start_and_a_removed_host_is_withdrawn() 
     assert!(again.status.borrow().iter().all(|h| h.host != HOST));
     again.drain.stop();
 }
+
+#[tokio::test(start_paused = true)]
+async fn another_key_type_orders_a_new_certificate_at_once() {
+    let mut lab = Harness::start(90 * DAY, ChallengePreference::Http01);
+    let first = lab.wait_for_state("valid").await;
+    let mut p384 = settings(&[HOST], ChallengePreference::Http01);
+    p384.key_type = KeyType::EcdsaP384;
+    lab.plans.send_replace(Some(Arc::new(Plan {
+        settings: p384,
+        ca: Arc::clone(&lab.ca),
+        has_http: true,
+    })));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(lab.ca.orders().len(), 2, "re-issued for the new key type");
+    let second = lab.wait_for_state("valid").await;
+    assert_ne!(second.sha256, first.sha256);
+    // And not again: the new certificate is of the configured kind.
+    tokio::time::sleep(DAY).await;
+    assert_eq!(lab.ca.orders().len(), 2);
+    lab.drain.stop();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_certificate_that_cannot_be_stored_still_serves_and_is_not_ordered_again() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("acme")).unwrap();
+    // A file where the certificates' directory should be.
+    std::fs::write(dir.path().join("acme/certs"), "in the way").unwrap();
+    let mut lab = Harness::start_in(dir, PausedClock::new(), 90 * DAY, ChallengePreference::Http01);
+    let issued = lab.wait_for_state("valid").await;
+    assert!(
+        issued
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("cannot store the certificate"),
+        "{issued:?}"
+    );
+    assert_eq!(lab.served(), issued.sha256);
+    tokio::time::sleep(30 * DAY).await;
+    assert_eq!(lab.ca.orders().len(), 1, "no duplicate orders");
+    lab.drain.stop();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_certificate_that_expired_while_camgate_was_off_is_reported_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let clock = PausedClock::new();
+    let mut first = Harness::start_in(dir, clock, DAY, ChallengePreference::Http01);
+    first.wait_for_state("valid").await;
+    first.drain.stop();
+    let dir = std::mem::replace(&mut first._dir, tempfile::tempdir().unwrap());
+    assert_eq!(dir.path(), path);
+    // Two days "off".
+    tokio::time::sleep(2 * DAY).await;
+    let mut again = Harness::start_in(dir, clock, DAY, ChallengePreference::Http01);
+    *again.ca.down.lock().unwrap() = Some(refused(FailureKind::Other, None));
+    let expired = again.wait_for_state("expired").await;
+    assert!(expired.detail.starts_with("EXPIRED at "), "{}", expired.detail);
+    assert_eq!(again.served(), None);
+    again.drain.stop();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_restarts_the_backoff_but_not_before_the_cas_retry_after() {
+    let lab = Harness::start(90 * DAY, ChallengePreference::Http01);
+    lab.ca
+        .failures
+        .lock()
+        .unwrap()
+        .push_back(refused(FailureKind::Other, Some(Duration::from_secs(3600))));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(lab.ca.orders().len(), 1);
+    let mut changed = settings(&[HOST], ChallengePreference::Http01);
+    changed.contact = vec!["mailto:new@example.org".to_owned()];
+    lab.plans.send_replace(Some(Arc::new(Plan {
+        settings: changed,
+        ca: Arc::clone(&lab.ca),
+        has_http: true,
+    })));
+    tokio::time::sleep(Duration::from_secs(1800)).await;
+    assert_eq!(lab.ca.orders().len(), 1, "the CA asked for an hour");
+    tokio::time::sleep(Duration::from_secs(1900)).await;
+    assert_eq!(lab.ca.orders().len(), 2);
+    lab.drain.stop();
+}

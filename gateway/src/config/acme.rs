@@ -41,6 +41,15 @@ pub enum KeyType {
     EcdsaP384,
 }
 
+impl KeyType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EcdsaP256 => "ecdsa-p256",
+            Self::EcdsaP384 => "ecdsa-p384",
+        }
+    }
+}
+
 pub(super) fn acme(raw: Option<RawAcme>, proxy: &Proxy, sites: &[Site]) -> Result<Option<Acme>, Problem> {
     let Some(raw) = raw else { return Ok(None) };
     let terms = "the CA's terms of service must be accepted: read them (Let's Encrypt: \
