@@ -72,16 +72,8 @@ fn wait_for(lab: &Lab, host: &str, what: &str, deadline: Duration, done: impl Fn
     })
 }
 
-fn sha256(der: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn served(stream: &TlsStream) -> String {
-    sha256(&stream.conn.peer_certificates().unwrap()[0])
+    camgate::tls::sha256_hex(&stream.conn.peer_certificates().unwrap()[0])
 }
 
 /// A request on an open connection; the response head and as much body as

@@ -111,8 +111,6 @@ struct HostState {
     installed: Option<Installed>,
     /// Where the installed certificate came from, if known.
     origin: Option<Origin>,
-    /// The installed certificate came from the configured CA and key type.
-    current_origin: bool,
     /// The next wake-up: renewal, ARI check or retry.
     due: SystemTime,
     /// When the installed certificate is to be renewed (for the status).
@@ -132,6 +130,24 @@ struct HostState {
     last_attempt: Option<SystemTime>,
     last_success: Option<SystemTime>,
     last_error: Option<String>,
+}
+
+impl<C: CertificateAuthority> Plan<C> {
+    /// What a certificate ordered under this plan is recorded as.
+    fn origin(&self) -> Origin {
+        Origin {
+            directory: self.ca.directory().to_owned(),
+            key_type: self.settings.key_type.as_str().to_owned(),
+        }
+    }
+}
+
+impl HostState {
+    /// Whether the installed certificate came from the configured CA and
+    /// key type (else the next wake-up orders anew).
+    fn issued_by_current_ca<C: CertificateAuthority>(&self, plan: &Plan<C>) -> bool {
+        self.origin.as_ref() == Some(&plan.origin())
+    }
 }
 
 /// Keeps the configured hosts' certificates issued and fresh.
@@ -235,15 +251,12 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
             self.publish();
             return;
         };
-        let origin = origin_of(&plan.settings, plan.ca.directory());
         for host in &plan.settings.hosts {
             if let Some(state) = self.hosts.get_mut(host) {
                 if settings_changed {
-                    // Another CA or key type orders anew; what was learnt
-                    // about the old CA's ARI no longer holds. A changed
-                    // [acme] restarts the backoff, never before the CA's
-                    // Retry-After.
-                    state.current_origin = state.origin.as_ref() == Some(&origin);
+                    // What was learnt about the old CA's ARI no longer
+                    // holds. A changed [acme] restarts the backoff, never
+                    // before the CA's Retry-After.
                     state.ari = None;
                     state.window = None;
                     state.next_window_check = now;
@@ -256,7 +269,6 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
             let mut state = HostState {
                 installed: None,
                 origin: None,
-                current_origin: false,
                 due: now,
                 renewal_at: None,
                 not_before: None,
@@ -275,17 +287,15 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
             };
             if let Some((chain, key, stored_origin)) = self.store.load(host) {
                 match certificate::verify(&chain, &key, host) {
-                    Ok(installed) if installed.validity.expired(now) => {
-                        tracing::error!(host = %host, expired = %rfc3339(installed.validity.not_after),
-                            "the stored certificate EXPIRED; serving the self-signed certificate until a new one is issued");
-                        state.expired_at = Some(installed.validity.not_after);
-                    }
                     Ok(installed) => {
-                        state.current_origin = stored_origin.as_ref() == Some(&origin);
+                        // One that expired meanwhile is withdrawn (and
+                        // reported) by `expire`, before anything else runs.
+                        if !installed.validity.expired(now) {
+                            self.resolver.install(host, &installed.key);
+                            tracing::info!(host = %host, issuer = %installed.issuer,
+                                not_after = %rfc3339(installed.validity.not_after), "serving the stored certificate");
+                        }
                         state.origin = stored_origin;
-                        self.resolver.install(host, &installed.key);
-                        tracing::info!(host = %host, issuer = %installed.issuer,
-                            not_after = %rfc3339(installed.validity.not_after), "serving the stored certificate");
                         state.installed = Some(installed);
                     }
                     Err(e) => tracing::warn!(host = %host, "the stored certificate is not usable: {e}"),
@@ -356,18 +366,15 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
             Ok((installed, stored)) => {
                 self.resolver.install(host, &installed.key);
                 state.jitter = (self.jitter)();
-                state.renewal_at = Some(renew_at(installed.validity, None, state.jitter));
-                state.due = renew_at(installed.validity, None, state.jitter);
+                let renewal = renew_at(installed.validity, None, state.jitter);
+                state.renewal_at = Some(renewal);
                 // Ask the CA for its window for the new certificate now.
-                if state.ari != Some(false) {
-                    state.due = now;
-                    state.next_window_check = now;
-                }
+                state.due = if state.ari == Some(false) { renewal } else { now };
+                state.next_window_check = now;
                 state.window = None;
                 state.failures = 0;
                 state.failed_challenge = None;
-                state.origin = Some(origin_of(&plan.settings, plan.ca.directory()));
-                state.current_origin = true;
+                state.origin = Some(plan.origin());
                 state.expired_at = None;
                 state.not_before = None;
                 state.last_success = Some(now);
@@ -415,7 +422,11 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
         let Some(state) = self.hosts.get_mut(host) else {
             return true;
         };
-        let Some(installed) = state.installed.as_ref().filter(|_| state.current_origin) else {
+        let Some(installed) = state
+            .installed
+            .as_ref()
+            .filter(|_| state.issued_by_current_ca(plan))
+        else {
             return false;
         };
         if state.ari != Some(false) && now >= state.next_window_check && state.failures == 0 {
@@ -466,7 +477,7 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
         // ARI `replaces` on the first try only: a refused one (e.g.
         // alreadyReplaced) must not fail every retry.
         let replaces = state
-            .filter(|s| s.ari == Some(true) && s.current_origin && s.failures == 0)
+            .filter(|s| s.ari == Some(true) && s.issued_by_current_ca(plan) && s.failures == 0)
             .and_then(|s| s.installed.as_ref())
             .map(Installed::leaf);
         let chain = plan
@@ -480,8 +491,7 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
             .await?;
         let installed = certificate::verify(&chain, &key_pem, host)
             .map_err(|e| AcmeError::other(format!("the CA's certificate was refused: {e}")))?;
-        let origin = origin_of(&plan.settings, plan.ca.directory());
-        let stored = self.store.save(host, &chain, &key_pem, &origin).map_err(|e| {
+        let stored = self.store.save(host, &chain, &key_pem, &plan.origin()).map_err(|e| {
             tracing::error!(host = %host, "cannot store the new certificate; serving it from memory: {e}");
             format!("cannot store the certificate under the state dir: {e}; it serves until camgate restarts")
         });
@@ -495,13 +505,6 @@ impl<C: CertificateAuthority, K: Clock> Renewer<C, K> {
             .map(|(host, state)| host_status(host, state))
             .collect();
         self.status.send_replace(statuses);
-    }
-}
-
-fn origin_of(settings: &Acme, directory: &str) -> Origin {
-    Origin {
-        directory: directory.to_owned(),
-        key_type: settings.key_type.as_str().to_owned(),
     }
 }
 
