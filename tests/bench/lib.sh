@@ -25,13 +25,15 @@ spawn() {
   server_pid=$!
 }
 
-# Waits up to 10 s until something listens on 127.0.0.1:$1; else shows log $2 and fails.
+# Waits up to 10 s until something listens on 127.0.0.1:$1; else shows the logs named after it and fails.
 wait_port() {
+  local port=$1
+  shift
   for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
     sleep 0.05
   done
-  echo "${0##*/}: nothing listens on port $1:" >&2
-  cat "$2" >&2
+  echo "${0##*/}: nothing listens on port $port:" >&2
+  cat "$@" >&2
   exit 1
 }

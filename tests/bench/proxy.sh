@@ -179,24 +179,10 @@ http {
 }
 EOF
   spawn 1 "$work/fake-dvr.log" "$FAKE_DVR_BIN" --listen "127.0.0.1:$mjpeg_port" --log /dev/null
-  for _ in $(seq 100); do
-    grep -q '^listening' "$work/fake-dvr.log" && break
-    sleep 0.1
-  done
-  grep -q '^listening' "$work/fake-dvr.log" || {
-    echo "proxy.sh: fake-dvr did not start:" >&2
-    cat "$work/fake-dvr.log" >&2
-    exit 1
-  }
+  wait_port "$mjpeg_port" "$work/fake-dvr.log"
   spawn 1 "$work/upstream/stderr.log" nginx -c "$work/upstream/nginx.conf"
   upstream_pid=$server_pid
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$upstream_port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "proxy.sh: the upstream nginx did not start:" >&2
-  cat "$work/upstream/stderr.log" "$work/upstream/error.log" >&2
-  exit 1
+  wait_port "$upstream_port" "$work/upstream/stderr.log" "$work/upstream/error.log"
 }
 
 # --- The servers. Each start_X writes its config and starts it on CPU 0 with one worker -------------------

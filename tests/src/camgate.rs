@@ -125,6 +125,22 @@ pub struct Launch<'a> {
     pub env: Vec<(&'a str, String)>,
 }
 
+/// `camgate run` in `dir` (inside `netns` if given), reporting to `notify`;
+/// the caller adds `--config` or `--dev`.
+fn run_command(netns: Option<&Netns>, dir: &Path, notify: &NotifySocket) -> Command {
+    let binary = binary();
+    let mut command = match netns {
+        Some(netns) => netns.command(&binary),
+        None => Command::new(&binary),
+    };
+    command
+        .arg("run")
+        .current_dir(dir)
+        .env("NOTIFY_SOCKET", notify.path())
+        .env_remove("RUST_LOG");
+    command
+}
+
 impl Camgate {
     /// camgate's self-signed certificate, for a config with
     /// `state_dir = "state"` (relative to the run directory).
@@ -142,24 +158,16 @@ impl Camgate {
             .expect("tempdir");
         let config_path = dir.path().join("camgate.toml");
         let notify = NotifySocket::bind(dir.path().join("notify.sock"));
-        let binary = binary();
-        let mut command = match netns {
-            Some(netns) => netns.command(&binary),
-            None => Command::new(&binary),
-        };
+        let mut command = run_command(netns, dir.path(), &notify);
         match config {
             Some(text) => {
                 std::fs::write(&config_path, text).expect("write config");
-                command.arg("run").arg("--config").arg(&config_path);
+                command.arg("--config").arg(&config_path);
             }
             None => {
-                command.args(["run", "--dev"]);
+                command.arg("--dev");
             }
         }
-        command
-            .current_dir(dir.path())
-            .env("NOTIFY_SOCKET", notify.path())
-            .env_remove("RUST_LOG");
         for (key, value) in env {
             command.env(key, value);
         }
@@ -208,18 +216,8 @@ impl Camgate {
             "camgate exited with {status}:\n{}",
             self.peer.stderr()
         );
-        let binary = binary();
-        let mut command = match netns {
-            Some(netns) => netns.command(&binary),
-            None => Command::new(&binary),
-        };
-        command
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config_path)
-            .current_dir(self.dir.path())
-            .env("NOTIFY_SOCKET", self.notify.path())
-            .env_remove("RUST_LOG");
+        let mut command = run_command(netns, self.dir.path(), &self.notify);
+        command.arg("--config").arg(&self.config_path);
         self.peer = Peer::spawn("camgate-restarted", command, self.dir.path());
         self.wait_notify("READY=1");
     }

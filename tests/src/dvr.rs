@@ -1,8 +1,11 @@
 //! The `fake-dvr` test upstream (src/bin/fake-dvr.rs) as a peer: started in
 //! a namespace, and its request log read back.
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::netns::Netns;
@@ -12,6 +15,15 @@ use crate::process::{Peer, wait_until};
 pub struct FakeDvr {
     pub peer: Peer,
     log: PathBuf,
+    /// What has been read of the log: each check reads only what is new
+    /// (the bypass table checks over a thousand requests one by one).
+    read: Mutex<ReadSoFar>,
+}
+
+#[derive(Debug, Default)]
+struct ReadSoFar {
+    offset: u64,
+    requests: Vec<Received>,
 }
 
 /// One request as the upstream received it.
@@ -44,7 +56,11 @@ impl FakeDvr {
         wait_until("fake-dvr to listen", Duration::from_secs(10), || {
             (peer.stdout().matches("listening ").count() >= listeners).then_some(())
         });
-        Self { peer, log }
+        Self {
+            peer,
+            log,
+            read: Mutex::default(),
+        }
     }
 
     /// The `X-Test-Id` of every request received so far, in order.
@@ -57,8 +73,28 @@ impl FakeDvr {
 
     /// Every request received so far.
     pub fn received(&self) -> Vec<Received> {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text.lines()
+        self.with_received(|requests| requests.to_vec())
+    }
+
+    /// Runs `f` on every request received so far, after reading the lines
+    /// the log gained since the last call.
+    fn with_received<T>(&self, f: impl FnOnce(&[Received]) -> T) -> T {
+        let mut read = self
+            .read
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut new = String::new();
+        if let Ok(mut file) = File::open(&self.log)
+            && file.seek(SeekFrom::Start(read.offset)).is_ok()
+        {
+            #[expect(clippy::verbose_file_reads, reason = "from an offset, not the whole file")]
+            let _ = file.read_to_string(&mut new);
+        }
+        // Only whole lines: fake-dvr may be writing the next one.
+        let complete = new.rfind('\n').map_or(0, |end| end + 1);
+        read.offset += complete as u64;
+        let parsed: Vec<Received> = new[..complete]
+            .lines()
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
             .filter(|entry| entry.get("target").is_some())
             .map(|entry| Received {
@@ -77,15 +113,20 @@ impl FakeDvr {
                     })
                     .collect(),
             })
-            .collect()
+            .collect();
+        read.requests.extend(parsed);
+        f(&read.requests)
     }
 
     /// Requests carrying `X-Test-Id: id`.
     pub fn received_with_id(&self, id: &str) -> Vec<Received> {
-        self.received()
-            .into_iter()
-            .filter(|r| r.header("x-test-id") == Some(id))
-            .collect()
+        self.with_received(|requests| {
+            requests
+                .iter()
+                .filter(|r| r.header("x-test-id") == Some(id))
+                .cloned()
+                .collect()
+        })
     }
 }
 

@@ -138,14 +138,7 @@ impl RawResponse {
 
     /// A header of the first response.
     pub fn header(&self, name: &str) -> Option<String> {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut response = httparse::Response::new(&mut headers);
-        response.parse(&self.bytes).ok()?;
-        response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        self.headers_named(name).into_iter().next()
     }
 
     /// Every value of a header of the first response (e.g. `Set-Cookie`).

@@ -2,6 +2,7 @@
 //! checked by the same code (guard, audit, argon2 pool) as the proxy's.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::LazyLock;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -10,8 +11,12 @@ use axum::response::{IntoResponse, Response};
 
 use super::{AppState, api_error};
 use crate::auth::{self, Attempt, Outcome, Presented};
-use crate::proxy::path::{PathPolicy, canonicalize};
-use crate::proxy::rules::Requirement;
+use crate::proxy::path::{CanonicalPath, PathPolicy, canonicalize};
+
+/// The path the admin API's requirement is checked for (scoped tokens
+/// never apply: the admin API takes Basic only).
+static API_PATH: LazyLock<CanonicalPath> =
+    LazyLock::new(|| canonicalize("/api", PathPolicy::default()).expect("a canonical constant"));
 
 /// Lets the request through with the admin's [`auth::Principal`] in its
 /// extensions, or answers 401/403/429.
@@ -34,19 +39,14 @@ pub(super) async fn require_admin(
         Presented::Token(_) => Presented::Malformed("the admin API takes Basic credentials only"),
         malformed @ Presented::Malformed(_) => malformed,
     };
-    let requirement = Requirement {
-        from: Vec::new(),
-        users: state.auth.credentials().admins(),
-        tokens: Vec::new(),
-    };
-    let path = canonicalize("/api", PathPolicy::default()).expect("a canonical constant");
+    let credentials = state.auth.credentials();
     let attempt = Attempt {
         site: "admin",
         rule: None,
-        requirement: &requirement,
+        requirement: credentials.admin_requirement(),
         client,
         exempt: false,
-        path: &path,
+        path: &API_PATH,
         query: None,
     };
     match auth::authenticate(&state.auth, &attempt, presented).await {

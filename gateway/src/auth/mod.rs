@@ -82,6 +82,8 @@ pub struct User {
 pub struct Credentials {
     users: HashMap<String, KnownUser>,
     tokens: HashMap<token::Digest, Token>,
+    /// The admin API's requirement: any admin-role user.
+    admin: Requirement,
 }
 
 #[derive(Debug)]
@@ -98,9 +100,20 @@ impl Credentials {
             user: user.clone(),
             fingerprint: session::credential_fingerprint(user.digest.as_str()),
         };
+        let mut admins: Vec<String> = users
+            .iter()
+            .filter(|user| user.role == Role::Admin)
+            .map(|user| user.name.clone())
+            .collect();
+        admins.sort();
         Self {
             users: users.iter().map(|u| (u.name.clone(), known(u))).collect(),
             tokens: tokens.iter().map(|t| (t.digest, t.clone())).collect(),
+            admin: Requirement {
+                from: Vec::new(),
+                users: admins,
+                tokens: Vec::new(),
+            },
         }
     }
 
@@ -112,16 +125,9 @@ impl Credentials {
         self.users.get(name).map(|known| &known.user)
     }
 
-    /// Users with the admin role (for the admin API).
-    pub fn admins(&self) -> Vec<String> {
-        let mut admins: Vec<String> = self
-            .users
-            .values()
-            .filter(|known| known.user.role == Role::Admin)
-            .map(|known| known.user.name.clone())
-            .collect();
-        admins.sort();
-        admins
+    /// Who may use the admin API's privileged routes: admin-role users.
+    pub fn admin_requirement(&self) -> &Requirement {
+        &self.admin
     }
 }
 
@@ -214,10 +220,10 @@ impl AuthShared {
     /// answer takes as long.
     async fn verify(&self, user: Option<&User>, password: &[u8]) -> bool {
         let now = Instant::now();
-        if user.is_some_and(|user| self.recently_verified(user, password, now)) {
+        let id = user.map(|user| self.cache_id(user, password));
+        if id.is_some_and(|id| self.verified_until(&id, now)) {
             return true;
         }
-        let id = user.map(|user| self.cache_id(user, password));
         let digest = user.map(|user| user.digest.clone());
         let password = password.to_vec();
         let Ok(_permit) = self.verifications.acquire().await else {
@@ -247,8 +253,11 @@ impl AuthShared {
     }
 
     fn recently_verified(&self, user: &User, password: &[u8], now: Instant) -> bool {
-        let id = self.cache_id(user, password);
-        self.verified().get(&id).is_some_and(|until| *until > now)
+        self.verified_until(&self.cache_id(user, password), now)
+    }
+
+    fn verified_until(&self, id: &token::Digest, now: Instant) -> bool {
+        self.verified().get(id).is_some_and(|until| *until > now)
     }
 
     /// Whether the request's `Authorization` is camgate's own: a camgate
@@ -624,12 +633,7 @@ fn token_outcome(
         Outcome::Forbidden("the token has expired")
     } else if token.site != attempt.site {
         Outcome::Forbidden("the token is for another site")
-    } else if !attempt
-        .requirement
-        .tokens
-        .iter()
-        .any(|t| t == "*" || *t == token.name)
-    {
+    } else if !admits(&attempt.requirement.tokens, &token.name) {
         Outcome::Forbidden("this rule does not accept this token")
     } else if !token.permits(attempt.rule, attempt.path, attempt.query) {
         Outcome::Forbidden("the request is outside the token's scope")

@@ -69,11 +69,7 @@ pub fn credential_fingerprint(password_hash: &str) -> String {
 
 /// A new cookie value and the digest the table keeps.
 pub fn generate() -> Result<(String, Digest), getrandom::Error> {
-    let mut random = [0u8; 32];
-    getrandom::fill(&mut random)?;
-    let secret = format!("{SECRET_PREFIX}{}", token::hex(&random));
-    let digest = token::digest(&secret);
-    Ok((secret, digest))
+    token::generate_prefixed(SECRET_PREFIX)
 }
 
 /// A cookie value's digest, or `None` when it is not one camgate could

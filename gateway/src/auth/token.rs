@@ -19,11 +19,22 @@ pub type Digest = [u8; 32];
 
 /// A new secret (shown once) and the digest the config keeps.
 pub fn generate() -> Result<(String, Digest), getrandom::Error> {
-    let mut random = [0u8; SECRET_BYTES];
-    getrandom::fill(&mut random)?;
-    let secret = format!("{SECRET_PREFIX}{}", hex(&random));
+    generate_prefixed(SECRET_PREFIX)
+}
+
+/// `prefix` + 256 random bits in hex, and its digest: token and session
+/// secrets.
+pub fn generate_prefixed(prefix: &str) -> Result<(String, Digest), getrandom::Error> {
+    let secret = format!("{prefix}{}", random_hex()?);
     let digest = digest(&secret);
     Ok((secret, digest))
+}
+
+/// 256 random bits as 64 hex digits.
+pub fn random_hex() -> Result<String, getrandom::Error> {
+    let mut random = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut random)?;
+    Ok(hex(&random))
 }
 
 pub fn digest(secret: &str) -> Digest {

@@ -268,9 +268,9 @@ impl Daemon {
                 .copied()
                 .zip(listeners.http)
                 .collect(),
-            Arc::clone(&auth),
+            &auth,
             resolver,
-            challenges,
+            &challenges,
             &drain,
         )?;
 

@@ -22,6 +22,17 @@ pub enum TargetError {
     Reserved,
 }
 
+impl TargetError {
+    /// What camgate answers: camgate's own paths do not exist for the DVR
+    /// (404); anything else is a bad request.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Reserved => 404,
+            _ => 400,
+        }
+    }
+}
+
 /// The outcome for one request.
 #[derive(Debug, Clone)]
 pub struct Evaluation {
@@ -45,8 +56,7 @@ impl Evaluation {
     /// `auth` without credentials is 401 (valid ones would forward).
     pub fn status(&self) -> Option<u16> {
         match self.decision.as_ref().map(|d| d.verdict) {
-            None if self.path == Err(TargetError::Reserved) => Some(404),
-            None => Some(400),
+            None => Some(self.path.as_ref().err().map_or(400, TargetError::status)),
             Some(Verdict::Allow) => None,
             Some(Verdict::Deny { status }) => Some(status),
             Some(Verdict::NeedsCredentials) => Some(401),

@@ -175,7 +175,9 @@ async fn logout(context: &PageContext<'_>, request: Request<Incoming>) -> Respon
         auth::logout(context.auth, cookie, context.client, context.site).await;
     }
     let mut response = see_other(LOGIN_PATH);
-    set_cookie(&mut response, &session_cookie("", 0));
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, expired_session_cookie());
     response
 }
 
@@ -234,7 +236,7 @@ fn csrf_ok(headers: &HeaderMap, host: &RequestHost, field: Option<&str>) -> bool
 }
 
 fn valid_csrf(value: &str) -> bool {
-    value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
+    token::parse_digest(value).is_some()
 }
 
 /// The request's CSRF cookie if it is one camgate could have set, else a
@@ -243,13 +245,9 @@ fn csrf_token(headers: &HeaderMap) -> (String, bool) {
     if let Some(existing) = auth::cookie(headers, CSRF_COOKIE).filter(|c| valid_csrf(c)) {
         return (existing.to_owned(), false);
     }
-    let mut random = [0u8; 32];
     // Without randomness the form cannot be protected: an empty value
     // never matches, so the login fails closed.
-    if getrandom::fill(&mut random).is_err() {
-        return (String::new(), false);
-    }
-    (token::hex(&random), true)
+    token::random_hex().map_or((String::new(), false), |fresh| (fresh, true))
 }
 
 /// `next` from a query, as a local target.

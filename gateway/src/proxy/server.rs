@@ -21,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use super::ResponseBody;
-use super::evaluate::{TargetError, evaluate};
+use super::evaluate::evaluate;
 use super::headers::{self, ForwardedFacts, RequestHost};
 use super::path::CanonicalPath;
 use super::rules::{Action, NetSet, Requirement, RuleUpstream, Verdict};
@@ -276,8 +276,6 @@ pub struct ProxyServer {
     state: Arc<ArcSwap<ProxyState>>,
     resolver: Arc<CertResolver>,
     tls: Arc<rustls::ServerConfig>,
-    auth: Arc<AuthShared>,
-    challenges: Arc<Challenges>,
 }
 
 /// A new config, prepared: listeners bound, certificates loaded, clients
@@ -295,18 +293,14 @@ impl ProxyServer {
         config: &Config,
         https: Vec<(SocketAddr, std::net::TcpListener)>,
         http: Vec<(SocketAddr, std::net::TcpListener)>,
-        auth: Arc<AuthShared>,
+        auth: &Arc<AuthShared>,
         resolver: Arc<CertResolver>,
-        challenges: Arc<Challenges>,
+        challenges: &Arc<Challenges>,
         drain: &Drain,
     ) -> Result<Self, ProxyError> {
         let tls = tls::server_config(Arc::clone(&resolver))?;
         let state = Arc::new(ArcSwap::from_pointee(ProxyState::build(
-            config,
-            None,
-            &auth,
-            &challenges,
-            &resolver,
+            config, None, auth, challenges, &resolver,
         )?));
         let https = ListenerSet::start(HTTPS_LISTENER, https, &|listener| {
             serve(&state, &tls, true, listener, drain)
@@ -320,22 +314,15 @@ impl ProxyServer {
             state,
             resolver,
             tls,
-            auth,
-            challenges,
         })
     }
 
     pub fn prepare(&self, config: &Config) -> Result<StagedProxy, ProxyError> {
+        let old = self.state.load();
         Ok(StagedProxy {
             https: self.https.stage(&config.proxy.https_listen)?,
             http: self.http.stage(&config.proxy.http_listen)?,
-            state: ProxyState::build(
-                config,
-                Some(&self.state.load()),
-                &self.auth,
-                &self.challenges,
-                &self.resolver,
-            )?,
+            state: ProxyState::build(config, Some(&old), &old.auth, &old.challenges, &self.resolver)?,
             certificates: CertTable::load(&config.sites, &config.daemon.state_dir, &tls::local_addresses())?,
         })
     }
@@ -554,10 +541,9 @@ impl Handler {
             (Ok(path), Some(decision)) => (path, decision),
             (Err(e), _) => {
                 log.why = Some(e.to_string());
-                let problem = if *e == TargetError::Reserved {
-                    pages::NOT_FOUND
-                } else {
-                    pages::BAD_REQUEST
+                let problem = match e.status() {
+                    404 => pages::NOT_FOUND,
+                    _ => pages::BAD_REQUEST,
                 };
                 return pages::respond(problem, html);
             }
@@ -565,17 +551,6 @@ impl Handler {
         };
         let rule = decision.rule.map(|i| &site.site.rules.rules[i]);
         log.rule = rule.map(|rule| rule.name.as_str());
-        // An `auth` rule's credentials are camgate's, whether or not this
-        // client needed them: the DVR never sees them. Elsewhere only what is
-        // recognisably camgate's is held back (the DVR may have its own login).
-        let strip = match rule {
-            Some(rule) if rule.pass_authorization => Strip::Nothing,
-            Some(rule) if matches!(rule.action, Action::Auth(_)) => Strip::AllCredentials,
-            _ if state.auth.is_camgate_authorization(request.headers()) => {
-                Strip::CamgateTokensAndAuthorization
-            }
-            _ => Strip::CamgateTokens,
-        };
         match decision.verdict {
             Verdict::Allow => {}
             Verdict::Deny { status: 404 } => return pages::respond(pages::NOT_FOUND, html),
@@ -613,6 +588,17 @@ impl Handler {
                 }
             }
         }
+        // Decided only for requests that go on. An `auth` rule's credentials are camgate's, whether or not this
+        // client needed them: the DVR never sees them. Elsewhere only what is
+        // recognisably camgate's is held back (the DVR may have its own login).
+        let strip = match rule {
+            Some(rule) if rule.pass_authorization => Strip::Nothing,
+            Some(rule) if matches!(rule.action, Action::Auth(_)) => Strip::AllCredentials,
+            _ if state.auth.is_camgate_authorization(request.headers()) => {
+                Strip::CamgateTokensAndAuthorization
+            }
+            _ => Strip::CamgateTokens,
+        };
         let plan = Forward {
             site,
             path,
