@@ -144,10 +144,10 @@ pub fn main() -> ExitCode {
         } => explain(&path, &site, from, websocket, json, &request),
         Command::Profiles { show: None } => {
             for profile in crate::proxy::profiles::all() {
-                let udp = if profile.udp.is_empty() {
+                let udp = if profile.forwards.is_empty() {
                     String::new()
                 } else {
-                    format!("; UDP {}", profile.udp.join(", "))
+                    format!("; forwards {}", profile.forwards_summary())
                 };
                 println!(
                     "{:<11} port {:<5} {}{udp}",
@@ -229,7 +229,11 @@ fn run(source: ConfigSource) -> ExitCode {
             tracing::error!("{e}");
             ExitCode::from(match e {
                 DaemonError::StateDir { .. } | DaemonError::SetupCode(_) => EXIT_CANT_CREATE,
-                DaemonError::ListenerCount { .. } | DaemonError::Listen(_) | DaemonError::Io(_) => EXIT_OS,
+                DaemonError::ListenerCount { .. }
+                | DaemonError::Listen(_)
+                | DaemonError::Io(_)
+                | DaemonError::Firewall(_)
+                | DaemonError::Forward(_) => EXIT_OS,
                 DaemonError::Proxy(ProxyError::Tls(e)) | DaemonError::Tls(e) => tls_exit_code(&e),
                 // A CA file that the config names.
                 DaemonError::Proxy(ProxyError::Upstream(_)) | DaemonError::Acme(_) => EXIT_CONFIG,

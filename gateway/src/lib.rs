@@ -15,6 +15,8 @@
 //! - [`proxy`]: the reverse proxy: canonical paths, rules, profiles, forwarding.
 //! - [`tls`]: server TLS config and the hot-swappable certificate resolver.
 //! - [`acme`]: certificates from an ACME CA: orders, challenges, renewal.
+//! - [`forward`]: port forwards to the DVR (kernel or userspace) with the STUN guard; STUN responder.
+//! - [`firewall`]: the only code that talks to nftables (`table inet camgate`).
 //! - [`net`]: binding, and the hardened HTTP accept loop every listener uses.
 //!
 //! See ARCHITECTURE.md at the repository root for the invariants.
@@ -26,6 +28,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod firewall;
+pub mod forward;
 mod fsutil;
 pub mod net;
 pub mod proxy;

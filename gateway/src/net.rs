@@ -50,7 +50,7 @@ where
 /// Binds a listening TCP socket: `SO_REUSEADDR` (restart while old
 /// connections linger in TIME_WAIT) and, for IPv6, `IPV6_V6ONLY`, so
 /// `0.0.0.0:P` and `[::]:P` are two independent listeners on every host.
-fn bind_tcp(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn bind_tcp(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if address.is_ipv6() {

@@ -57,6 +57,8 @@ pub struct AppState {
     pub certificates: Arc<CertResolver>,
     /// Certificates from the ACME CA, per host.
     pub acme: watch::Receiver<Vec<AcmeHostStatus>>,
+    /// Port forwards and their counters.
+    pub forwards: Arc<crate::forward::ForwardStatusSource>,
 }
 
 /// `localhost`, `camgate.local`, and this machine's host name (plain and
@@ -160,6 +162,7 @@ struct StatusBody<'a> {
     #[serde(flatten)]
     daemon: &'a DaemonStatus,
     certificates: Certificates,
+    forwarding: crate::forward::ForwardingStatus,
 }
 
 #[derive(serde::Serialize)]
@@ -171,7 +174,17 @@ struct Certificates {
 
 async fn status(State(state): State<AppState>) -> Response {
     let daemon = state.status.borrow().clone();
+    // Kernel forwards' counters come from `nft`, a process.
+    let source = Arc::clone(&state.forwards);
+    let forwarding = match tokio::task::spawn_blocking(move || source.status()).await {
+        Ok(forwarding) => forwarding,
+        Err(e) => {
+            tracing::error!("forward status: {e}");
+            return api_error(StatusCode::INTERNAL_SERVER_ERROR, "forward status unavailable");
+        }
+    };
     Json(StatusBody {
+        forwarding,
         version: crate::VERSION,
         uptime_seconds: state.started.elapsed().as_secs(),
         daemon: &daemon,

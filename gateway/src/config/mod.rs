@@ -13,6 +13,7 @@
 pub mod acme;
 pub mod auth;
 pub mod error;
+pub mod forward;
 pub mod proxy;
 pub(crate) mod raw;
 pub mod store;

@@ -2,7 +2,7 @@
 //! built-in profiles' rules go through the same [`compile_rules`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -46,6 +46,9 @@ pub struct Site {
     pub lenient_headers: bool,
     /// PEM files; `None`: camgate's own certificate.
     pub certificate: Option<CertificateFiles>,
+    /// Where the profile's forwards go (the upstream's address), when they
+    /// are on.
+    pub profile_forwards: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,7 +178,12 @@ pub(crate) struct Principals {
     pub(crate) tokens: BTreeSet<String>,
 }
 
-pub(super) fn sites(raw: Vec<RawSite>, proxy: &Proxy, principals: &Principals) -> Result<Vec<Site>, Problem> {
+pub(super) fn sites(
+    raw: Vec<RawSite>,
+    proxy: &Proxy,
+    principals: &Principals,
+    mode: Mode,
+) -> Result<Vec<Site>, Problem> {
     let mut sites = Vec::with_capacity(raw.len());
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut hosts: HashMap<String, String> = HashMap::new();
@@ -191,7 +199,7 @@ pub(super) fn sites(raw: Vec<RawSite>, proxy: &Proxy, principals: &Principals) -
             ));
         }
         let host_spans: Vec<_> = raw.hosts.get_ref().iter().map(Spanned::span).collect();
-        let site = site(raw, index, proxy, principals)?;
+        let site = site(raw, index, proxy, principals, mode)?;
         for (i, (host, span)) in site.hosts.iter().zip(host_spans).enumerate() {
             if let Some(other) = hosts.insert(host.clone(), site.name.clone()) {
                 return Err(Problem::new(
@@ -206,7 +214,13 @@ pub(super) fn sites(raw: Vec<RawSite>, proxy: &Proxy, principals: &Principals) -
     Ok(sites)
 }
 
-fn site(raw: RawSite, index: usize, proxy: &Proxy, principals: &Principals) -> Result<Site, Problem> {
+fn site(
+    raw: RawSite,
+    index: usize,
+    proxy: &Proxy,
+    principals: &Principals,
+    mode: Mode,
+) -> Result<Site, Problem> {
     let key = |field: &str| format!("site[{index}].{field}");
     let profile_name = raw.profile.as_ref().map_or("generic", |p| p.get_ref().as_str());
     let profile = profiles::get(profile_name).ok_or_else(|| {
@@ -251,6 +265,7 @@ fn site(raw: RawSite, index: usize, proxy: &Proxy, principals: &Principals) -> R
 
     let uri = upstream_uri(&raw.upstream, &key("upstream"), profile.upstream_port, true)?;
     let tls = upstream_tls(&raw, &uri, index)?;
+    let profile_forwards = profile_forwards(&raw, &uri, profile, mode, &key)?;
     let certificate = match (raw.certificate, raw.key) {
         (None, None) => None,
         (Some(certificate), Some(key_file)) => Some(CertificateFiles {
@@ -301,7 +316,45 @@ fn site(raw: RawSite, index: usize, proxy: &Proxy, principals: &Principals) -> R
         },
         lenient_headers: raw.lenient_headers.unwrap_or(profile.lenient_headers),
         certificate,
+        profile_forwards,
     })
+}
+
+/// The upstream's address when the site's profile forwards ports to it:
+/// on by default in appliance mode, off in dev mode (where the upstream is
+/// usually on the same machine as camgate).
+fn profile_forwards(
+    raw: &RawSite,
+    uri: &Uri,
+    profile: &Profile,
+    mode: Mode,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Option<IpAddr>, Problem> {
+    let on = raw
+        .forwards
+        .as_ref()
+        .map_or(mode == Mode::Appliance, |f| *f.get_ref());
+    if !on || profile.forwards.is_empty() {
+        return Ok(None);
+    }
+    let host = uri.host().unwrap_or_default();
+    let address = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .map_err(|_| {
+            Problem::new(
+                raw.upstream.span(),
+                key("upstream"),
+                format!(
+                    "profile {} forwards ports to the DVR ({}), which needs the DVR's IP address \
+                     in `upstream`, not {host:?}; or set `forwards = false` and add [[forward]] entries",
+                    profile.name,
+                    profile.forwards_summary(),
+                ),
+            )
+        })?;
+    Ok(Some(address))
 }
 
 /// `http(s)://host[:port][/]`; the port defaults to `default_port`.

@@ -29,6 +29,57 @@ pub(super) struct RawConfig {
     #[serde(default, rename = "token")]
     pub(super) tokens: Vec<RawToken>,
     pub(super) acme: Option<RawAcme>,
+    #[serde(default, rename = "forward")]
+    pub(super) forwards: Vec<RawForward>,
+    #[serde(default)]
+    pub(super) forwarding: RawForwarding,
+}
+
+/// `[[forward]]`: ports forwarded 1:1 to a host (the DVR's STUN/TURN).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[forward]] table")]
+pub(super) struct RawForward {
+    pub(super) name: Spanned<String>,
+    /// `"udp"` or `"tcp"`.
+    pub(super) protocol: Spanned<String>,
+    /// A port or a range: `3478`, `"3478"` or `"50000-50100"`.
+    pub(super) ports: Spanned<RawPorts>,
+    /// Default: every address (`0.0.0.0`; `127.0.0.1` in dev mode).
+    pub(super) listen_address: Option<Spanned<String>>,
+    /// The target's IP address.
+    pub(super) target: Spanned<String>,
+    /// The target's first port. Default: the same ports (1:1).
+    pub(super) target_port: Option<Spanned<u16>>,
+    /// `"kernel"` (default in appliance mode) or `"userspace"`.
+    pub(super) mode: Option<Spanned<String>>,
+    /// Pass only STUN and TURN ChannelData (UDP only). Default false.
+    pub(super) stun: Option<Spanned<bool>>,
+    /// Kernel mode: `"auto"` (default), `"always"` or `"never"`.
+    pub(super) masquerade: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "a port number or a range such as \"50000-50100\"")]
+pub(crate) enum RawPorts {
+    Number(u16),
+    Text(String),
+}
+
+/// `[forwarding]`: limits of the userspace relay, and the STUN responder.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [forwarding] table")]
+pub(super) struct RawForwarding {
+    /// A flow without traffic this long ends. Default `"2m"`.
+    pub(super) idle_timeout: Option<Spanned<String>>,
+    /// Default 4096.
+    pub(super) max_flows: Option<Spanned<u32>>,
+    /// Per client address. Default 64.
+    pub(super) max_flows_per_client: Option<Spanned<u32>>,
+    /// TURN Allocate requests per second per source address on `stun`
+    /// forwards (burst: twice as many). Default 5.
+    pub(super) allocate_rate: Option<Spanned<u32>>,
+    /// Where camgate answers STUN Binding requests itself. Default: nowhere.
+    pub(super) stun_responder: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[acme]`: certificates from an ACME CA. Present means on.
@@ -155,6 +206,9 @@ pub(super) struct RawSite {
     pub(super) allow_semicolon: bool,
     /// Append the profile's rules after the site's own. Default true.
     pub(super) profile_rules: Option<bool>,
+    /// Forward the ports the profile needs (e.g. Agent DVR's STUN/TURN) to
+    /// the upstream's address. Default true in appliance mode, false in dev.
+    pub(super) forwards: Option<Spanned<bool>>,
     #[serde(default, rename = "rule")]
     pub(super) rules: Vec<RawRule>,
 }

@@ -14,6 +14,7 @@ use super::Overrides;
 use super::acme::{self, Acme};
 use super::auth::{self, Auth};
 use super::error::Problem;
+use super::forward::{self, Forwarding};
 use super::proxy::{self, Proxy, Site};
 use super::raw::{RawAdmin, RawConfig, RawDaemon};
 
@@ -51,6 +52,7 @@ pub struct Config {
     pub auth: Auth,
     /// `None`: no ACME; sites use their files or the self-signed certificate.
     pub acme: Option<Acme>,
+    pub forwarding: Forwarding,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,11 +95,13 @@ pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, P
     let proxy = proxy::proxy(raw.proxy, mode)?;
     let principals = auth::principals(&raw.users, &raw.tokens);
     let users = auth::users(raw.users)?;
-    let sites = proxy::sites(raw.sites, &proxy, &principals)?;
+    let sites = proxy::sites(raw.sites, &proxy, &principals, mode)?;
     let tokens = auth::tokens(raw.tokens, &sites)?;
     let sessions = auth::sessions(&raw.auth)?;
     let guard = auth::guard(raw.auth)?;
     let acme = acme::acme(raw.acme, &proxy, &sites)?;
+    let forwarding = forward::forwarding(raw.forwards, raw.forwarding, &sites, mode)?;
+    forward::check_listener_clashes(&forwarding, &admin, &proxy)?;
     let config = Config {
         daemon,
         admin,
@@ -110,6 +114,7 @@ pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, P
             sessions,
         },
         acme,
+        forwarding,
     };
     check_listener_clashes(&config)?;
     Ok(config)

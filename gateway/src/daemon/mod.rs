@@ -26,6 +26,8 @@ use crate::admin::{self, AdminServer, AppState, Metrics};
 use crate::auth::{AuthShared, NoSink, Sessions};
 use crate::clock::{unix_now, unix_now_f64};
 use crate::config::{Config, ConfigError, ConfigSource, Loaded, Mode};
+use crate::firewall::{Firewall, FirewallError, Nft};
+use crate::forward::{ForwardError, ForwardService, ReloadFailure};
 use crate::net::{self, ListenError};
 use crate::proxy::server::{self, ProxyError, ProxyServer};
 use crate::setup;
@@ -90,6 +92,10 @@ pub enum DaemonError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Acme(#[from] CaError),
+    #[error("cannot apply the firewall, so camgate exposes nothing: {0}")]
+    Firewall(#[from] FirewallError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -118,6 +124,10 @@ pub enum ReloadError {
     Proxy(#[from] ProxyError),
     #[error(transparent)]
     Acme(#[from] CaError),
+    #[error(transparent)]
+    Forward(#[from] ReloadFailure),
+    #[error("the firewall kept its previous rules: {0}")]
+    Firewall(#[from] FirewallError),
     #[error("cannot apply: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -177,6 +187,7 @@ pub struct Daemon {
     admin: AdminServer,
     proxy: ProxyServer,
     acme: AcmeService,
+    forwards: ForwardService,
     auth: Arc<AuthShared>,
     status: watch::Sender<DaemonStatus>,
     metrics: Arc<Metrics>,
@@ -211,6 +222,9 @@ impl Daemon {
             tracing::info!("dev mode: camgate will not change the firewall or network interfaces");
         }
 
+        // First: in appliance mode nothing listens before the firewall
+        // applies (fail closed).
+        let firewall = Firewall::start(&config, Arc::new(Nft))?;
         let drain = Drain::new(shutdown);
         let started = Instant::now();
         let metrics = Arc::new(Metrics::new(unix_now_f64()));
@@ -238,6 +252,7 @@ impl Daemon {
         }
         let resolver = Arc::new(CertResolver::new(table, Arc::clone(&challenges)));
         let acme = AcmeService::start(&config, Arc::clone(&resolver), Arc::clone(&challenges), &drain)?;
+        let forwards = ForwardService::start(&config, firewall, &drain)?;
         let router = admin::router(AppState {
             status: status_rx,
             auth: Arc::clone(&auth),
@@ -246,6 +261,7 @@ impl Daemon {
             host_names: Arc::new(admin::default_host_names()),
             certificates: Arc::clone(&resolver),
             acme: acme.host_status(),
+            forwards: forwards.status_source(),
         });
         let admin = AdminServer::start(
             config.admin.listen.iter().copied().zip(listeners.admin).collect(),
@@ -283,6 +299,7 @@ impl Daemon {
             admin,
             proxy,
             acme,
+            forwards,
             auth,
             status,
             metrics,
@@ -364,12 +381,16 @@ impl Daemon {
         let admin = self.admin.prepare(&new.admin)?;
         let proxy = self.proxy.prepare(&new)?;
         let acme = self.acme.prepare(&new)?;
+        let mut forwards = self.forwards.prepare(&new)?;
 
-        // Commit.
+        // Commit. The firewall first: it is the one step that can fail, and
+        // nothing else has changed yet when it does.
+        self.forwards.apply_firewall(&mut forwards)?;
         self.admin.commit(admin, &self.drain).await;
         self.auth.configure(&new.auth);
         self.proxy.commit(proxy, &self.drain).await;
         self.acme.commit(acme);
+        self.forwards.commit(forwards, &self.drain);
         self.log.apply(&new.daemon.log);
         self.config = new;
         if self.setup && !loaded.setup {
@@ -386,22 +407,28 @@ impl Daemon {
         let grace = self.config.daemon.shutdown_grace;
         notify::stopping("draining connections");
         tracing::info!(grace = ?grace, "draining; send SIGTERM or SIGINT again to stop at once");
-        match self.drain.finish(grace).await {
+        let drained = self.drain.finish(grace).await;
+        self.forwards.stop();
+        match drained {
             Ok(()) => tracing::info!("drained; bye"),
             Err(e) => tracing::warn!("{e}; stopping anyway"),
         }
     }
 
     fn publish_status(&self, generation: u64) {
-        let mut subsystems = vec![self.admin.status(), self.proxy.status(), self.acme.status()];
+        let mut subsystems = vec![
+            self.admin.status(),
+            self.proxy.status(),
+            self.acme.status(),
+            self.forwards.firewall().status(),
+            self.forwards.status(),
+        ];
         if !self.config.manages_system() {
-            for name in ["firewall", "interfaces"] {
-                subsystems.push(SubsystemStatus {
-                    name,
-                    state: SubsystemState::Disabled,
-                    detail: "dev mode: camgate makes no system changes".to_owned(),
-                });
-            }
+            subsystems.push(SubsystemStatus {
+                name: "interfaces",
+                state: SubsystemState::Disabled,
+                detail: "dev mode: camgate makes no system changes".to_owned(),
+            });
         }
         self.status.send_modify(|status| {
             status.setup = self.setup;

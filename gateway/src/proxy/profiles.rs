@@ -1,7 +1,7 @@
 //! Built-in DVR profiles: data files under `gateway/profiles/`, embedded in
 //! the binary. Each gives the DVR's default port, whether it is a Windows
 //! server (case-insensitive, Windows path rules), lenient header parsing,
-//! the UDP ports it needs, and its split rules in the same syntax as a
+//! the ports it needs forwarded, and its split rules in the same syntax as a
 //! site's `[[site.rule]]`.
 
 use std::sync::LazyLock;
@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 use serde::Deserialize;
 
 use crate::config::error::Problem;
+use crate::config::forward::{PortRange, Protocol};
 use crate::config::proxy::{RuleContext, compile_rules};
 use crate::config::raw::RawRule;
 use crate::proxy::rules::{Rule, RuleSource};
@@ -40,9 +41,19 @@ pub struct Profile {
     pub case_insensitive: bool,
     /// Drop malformed upstream header lines instead of answering 502.
     pub lenient_headers: bool,
-    /// UDP ports or ranges the DVR needs forwarded 1:1, e.g. `"3478"`.
-    pub udp: Vec<String>,
+    /// Ports the DVR needs forwarded 1:1 (e.g. its STUN/TURN server).
+    pub forwards: Vec<ProfileForward>,
     rules: Vec<RawRule>,
+}
+
+/// A `[[forward]]` of a profile: to the site's upstream address, same ports.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileForward {
+    pub protocol: Protocol,
+    pub ports: PortRange,
+    #[serde(default)]
+    pub stun: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,8 +66,8 @@ struct RawProfile {
     case_insensitive: Option<bool>,
     #[serde(default)]
     lenient_headers: bool,
-    #[serde(default)]
-    udp: Vec<String>,
+    #[serde(default, rename = "forward")]
+    forwards: Vec<ProfileForward>,
     #[serde(default, rename = "rule")]
     rules: Vec<RawRule>,
 }
@@ -75,7 +86,7 @@ static PROFILES: LazyLock<Vec<Profile>> = LazyLock::new(|| {
                 windows: raw.windows,
                 case_insensitive: raw.case_insensitive.unwrap_or(raw.windows),
                 lenient_headers: raw.lenient_headers,
-                udp: raw.udp,
+                forwards: raw.forwards,
                 rules: raw.rules,
             }
         })
@@ -98,6 +109,19 @@ impl PartialEq for Profile {
 }
 
 impl Profile {
+    /// E.g. `"udp 3478 (STUN only), udp 50000-50100"`.
+    pub fn forwards_summary(&self) -> String {
+        let entries: Vec<String> = self
+            .forwards
+            .iter()
+            .map(|f| {
+                let stun = if f.stun { " (STUN only)" } else { "" };
+                format!("{} {}{stun}", f.protocol.as_str(), f.ports)
+            })
+            .collect();
+        entries.join(", ")
+    }
+
     pub(crate) fn compile_rules(&'static self, context: &RuleContext<'_>) -> Result<Vec<Rule>, Problem> {
         compile_rules(
             &self.rules,
@@ -134,12 +158,12 @@ mod tests {
                 profile.name
             );
             assert!(!profile.description.is_empty());
-            for port in &profile.udp {
-                let valid = port.split_once('-').map_or(
-                    port.parse::<u16>().is_ok(),
-                    |(a, b)| matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a < b),
+            for forward in &profile.forwards {
+                assert!(
+                    !forward.stun || forward.protocol == Protocol::Udp,
+                    "{}",
+                    profile.name
                 );
-                assert!(valid, "{}: bad udp entry {port:?}", profile.name);
             }
         }
         assert_eq!(all().len(), SOURCES.len());

@@ -1,0 +1,300 @@
+//! The only code that talks to nftables. It owns `table inet camgate` and
+//! never touches other tables. Today the table carries the kernel-mode
+//! forwards and their STUN guard (`ruleset.rs`, pure); isolation adds its
+//! chains to the same builder.
+//!
+//! Reload: [`Firewall::prepare`] resolves routes, builds the batch and has
+//! `nft --check` it; [`Firewall::commit`] applies it as one transaction —
+//! the one commit in the daemon that can fail, so the daemon runs it before
+//! any other subsystem commits, and on failure the kernel keeps the old
+//! table and nothing else changes.
+
+pub mod ruleset;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::Arc;
+
+use nftables::helper::{self, NftablesError};
+use nftables::schema::Nftables;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::config::forward::{ForwardMode, Masquerade};
+use crate::daemon::{SubsystemState, SubsystemStatus};
+pub use ruleset::{CounterNames, KernelForward};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("nft: {0}")]
+    Nft(String),
+    #[error("cannot find the route to {target}: {reason}")]
+    Route { target: IpAddr, reason: String },
+    #[error("cannot enable IP forwarding ({path}): {source}")]
+    Forwarding {
+        path: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl From<NftablesError> for FirewallError {
+    fn from(e: NftablesError) -> Self {
+        Self::Nft(match e {
+            NftablesError::NftFailed { stderr, .. } => stderr.trim().to_owned(),
+            other => other.to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What the firewall needs from the system; [`Nft`] is the real one.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Checks a batch without applying it (`nft --check`).
+    fn check(&self, ruleset: &Nftables<'_>) -> Result<(), FirewallError>;
+    /// Applies a batch as one transaction.
+    fn apply(&self, ruleset: &Nftables<'_>) -> Result<(), FirewallError>;
+    /// Named counters of camgate's table.
+    fn counters(&self) -> Result<HashMap<String, Count>, FirewallError>;
+    /// The interface the route to `target` leaves through.
+    fn route_interface(&self, target: IpAddr) -> Result<String, FirewallError>;
+    /// Interfaces of the default routes (both families).
+    fn default_route_interfaces(&self) -> Result<Vec<String>, FirewallError>;
+    fn enable_forwarding(&self, ipv6: bool) -> Result<(), FirewallError>;
+}
+
+/// `nft` (JSON through the nftables crate) and `ip` for routes.
+#[derive(Debug, Default)]
+pub struct Nft;
+
+impl Backend for Nft {
+    fn check(&self, ruleset: &Nftables<'_>) -> Result<(), FirewallError> {
+        Ok(helper::apply_ruleset_with_args(
+            ruleset,
+            helper::DEFAULT_NFT,
+            ["--check"],
+        )?)
+    }
+
+    fn apply(&self, ruleset: &Nftables<'_>) -> Result<(), FirewallError> {
+        Ok(helper::apply_ruleset(ruleset)?)
+    }
+
+    fn counters(&self) -> Result<HashMap<String, Count>, FirewallError> {
+        // Parsed here rather than with the crate's schema: it reads counter
+        // values as u32, which a busy forward's byte count overflows.
+        let output = helper::get_current_ruleset_raw(
+            helper::DEFAULT_NFT,
+            ["list", "counters", "table", "inet", ruleset::TABLE],
+        )?;
+        let value: serde_json::Value = serde_json::from_str(&output)
+            .map_err(|e| FirewallError::Nft(format!("unreadable counters: {e}")))?;
+        let mut counters = HashMap::new();
+        for object in value["nftables"].as_array().into_iter().flatten() {
+            let counter = &object["counter"];
+            if let Some(name) = counter["name"].as_str() {
+                counters.insert(
+                    name.to_owned(),
+                    Count {
+                        packets: counter["packets"].as_u64().unwrap_or(0),
+                        bytes: counter["bytes"].as_u64().unwrap_or(0),
+                    },
+                );
+            }
+        }
+        Ok(counters)
+    }
+
+    fn route_interface(&self, target: IpAddr) -> Result<String, FirewallError> {
+        let routes = ip_json(&["route", "get", &target.to_string()])
+            .map_err(|reason| FirewallError::Route { target, reason })?;
+        routes
+            .first()
+            .and_then(|route| route["dev"].as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| FirewallError::Route {
+                target,
+                reason: "no route".to_owned(),
+            })
+    }
+
+    fn default_route_interfaces(&self) -> Result<Vec<String>, FirewallError> {
+        let mut interfaces = Vec::new();
+        for family in ["-4", "-6"] {
+            let routes = ip_json(&[family, "route", "show", "default"]).map_err(FirewallError::Nft)?;
+            interfaces.extend(routes.iter().filter_map(|r| r["dev"].as_str().map(str::to_owned)));
+        }
+        Ok(interfaces)
+    }
+
+    fn enable_forwarding(&self, ipv6: bool) -> Result<(), FirewallError> {
+        let mut paths = vec!["/proc/sys/net/ipv4/ip_forward"];
+        if ipv6 {
+            paths.push("/proc/sys/net/ipv6/conf/all/forwarding");
+        }
+        for path in paths {
+            std::fs::write(path, "1").map_err(|source| FirewallError::Forwarding { path, source })?;
+        }
+        Ok(())
+    }
+}
+
+fn ip_json(args: &[&str]) -> Result<Vec<serde_json::Value>, String> {
+    let output = Command::new("ip")
+        .arg("-j")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).trim().to_owned());
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(&text).map_err(|e| format!("unreadable output of ip {}: {e}", args.join(" ")))
+}
+
+/// A batch ready to apply.
+#[derive(Debug)]
+pub struct Prepared {
+    forwards: Vec<KernelForward>,
+    ruleset: Option<Nftables<'static>>,
+}
+
+/// camgate's table, as applied.
+#[derive(Debug)]
+pub struct Firewall {
+    backend: Arc<dyn Backend>,
+    managed: bool,
+    forwards: Vec<KernelForward>,
+}
+
+impl Firewall {
+    /// Applies the config's table, or fails (camgate then does not start:
+    /// fail closed). In dev mode it does nothing.
+    pub fn start(config: &Config, backend: Arc<dyn Backend>) -> Result<Self, FirewallError> {
+        let mut firewall = Self {
+            backend,
+            managed: config.manages_system(),
+            forwards: Vec::new(),
+        };
+        let prepared = firewall.prepare(config)?;
+        firewall.commit(prepared)?;
+        Ok(firewall)
+    }
+
+    pub fn prepare(&self, config: &Config) -> Result<Prepared, FirewallError> {
+        if !self.managed {
+            return Ok(Prepared {
+                forwards: Vec::new(),
+                ruleset: None,
+            });
+        }
+        let kernel: Vec<_> = config
+            .forwarding
+            .forwards
+            .iter()
+            .filter(|f| f.mode == ForwardMode::Kernel)
+            .collect();
+        let defaults = if kernel.iter().any(|f| f.masquerade == Masquerade::Auto) {
+            self.backend.default_route_interfaces()?
+        } else {
+            Vec::new()
+        };
+        let mut forwards = Vec::with_capacity(kernel.len());
+        for forward in kernel {
+            let masquerade = match forward.masquerade {
+                Masquerade::Always => true,
+                Masquerade::Never => false,
+                Masquerade::Auto => defaults.contains(&self.backend.route_interface(forward.target)?),
+            };
+            forwards.push(KernelForward {
+                forward: forward.clone(),
+                masquerade,
+            });
+        }
+        let ruleset = ruleset::build(&forwards, config.forwarding.limits.allocate_rate);
+        self.backend.check(&ruleset)?;
+        Ok(Prepared {
+            forwards,
+            ruleset: Some(ruleset),
+        })
+    }
+
+    /// Applies atomically; on error the kernel still has the old table.
+    pub fn commit(&mut self, prepared: Prepared) -> Result<(), FirewallError> {
+        let Some(ruleset) = prepared.ruleset else {
+            return Ok(());
+        };
+        if !prepared.forwards.is_empty() {
+            let ipv6 = prepared.forwards.iter().any(|f| f.forward.target.is_ipv6());
+            self.backend.enable_forwarding(ipv6)?;
+        }
+        self.backend.apply(&ruleset)?;
+        for forward in &prepared.forwards {
+            tracing::info!(
+                forward = %forward.forward.name,
+                masquerade = forward.masquerade,
+                "kernel forward {} {} → {}",
+                forward.forward.protocol.as_str(),
+                forward.forward.ports,
+                forward.forward.target,
+            );
+        }
+        self.forwards = prepared.forwards;
+        Ok(())
+    }
+
+    /// Removes camgate's table: forwards end with camgate.
+    pub fn stop(&self) {
+        if self.managed
+            && let Err(e) = self.backend.apply(&ruleset::remove())
+        {
+            tracing::error!("cannot remove the firewall table: {e}");
+        }
+    }
+
+    /// The backend, when camgate manages the firewall.
+    pub fn backend(&self) -> Option<Arc<dyn Backend>> {
+        self.managed.then(|| Arc::clone(&self.backend))
+    }
+
+    pub fn forwards(&self) -> &[KernelForward] {
+        &self.forwards
+    }
+
+    pub fn counters(&self) -> Result<HashMap<String, Count>, FirewallError> {
+        if self.managed {
+            self.backend.counters()
+        } else {
+            Ok(HashMap::new())
+        }
+    }
+
+    pub fn status(&self) -> SubsystemStatus {
+        if self.managed {
+            SubsystemStatus {
+                name: "firewall",
+                state: SubsystemState::Running,
+                detail: format!(
+                    "table inet {}: {} kernel forward(s)",
+                    ruleset::TABLE,
+                    self.forwards.len()
+                ),
+            }
+        } else {
+            SubsystemStatus {
+                name: "firewall",
+                state: SubsystemState::Disabled,
+                detail: "dev mode: camgate makes no system changes".to_owned(),
+            }
+        }
+    }
+}
