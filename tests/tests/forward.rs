@@ -50,17 +50,25 @@ fn coturn(dvr: &Netns, dir: &Path, ip: &str, external: &str) -> Peer {
 
 /// `turnutils_stunclient`, which waits forever without an answer.
 fn stunclient(ns: &Netns, server: &str, seconds: u32) -> Output {
+    stunclient_on(ns, server, 3478, seconds)
+}
+
+fn stunclient_on(ns: &Netns, server: &str, port: u16, seconds: u32) -> Output {
     let binary = require_binary("turnutils_stunclient", "coturn");
     let mut command = ns.command("timeout");
     command
         .arg(seconds.to_string())
         .arg(binary)
-        .args(["-p", "3478", server]);
+        .args(["-p", &port.to_string(), server]);
     command.output().unwrap()
 }
 
 fn reflexive_address(ns: &Netns, server: &str) -> String {
-    let output = stunclient(ns, server, 10);
+    reflexive_address_on(ns, server, 3478)
+}
+
+fn reflexive_address_on(ns: &Netns, server: &str, port: u16) -> String {
+    let output = stunclient_on(ns, server, port, 10);
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(output.status.success(), "no Binding response: {text}");
     let line = text
@@ -237,7 +245,7 @@ fn appliance_config(state: &Path, body: &str) -> String {
 const AGENT_SITE: &str = "[[site]]\nname = \"agent\"\nhosts = [\"dvr.example.net\"]\n\
                           upstream = \"http://10.78.1.2:8090\"\nprofile = \"agentdvr\"\n";
 
-const USERSPACE: &str = "[forwarding]\nmax_flows_per_client = 8\n\
+const USERSPACE: &str = "[forwarding]\nmax_flows_per_client = 8\nstun_responder = [\"10.78.2.1:3479\"]\n\
     [[forward]]\nname = \"turn\"\nprotocol = \"udp\"\nports = 3478\nlisten_address = \"10.78.2.1\"\n\
     target = \"10.78.1.2\"\nmode = \"userspace\"\nstun = true\n\
     [[forward]]\nname = \"relay\"\nprotocol = \"udp\"\nports = \"50000-50010\"\nlisten_address = \"10.78.2.1\"\n\
@@ -321,6 +329,10 @@ fn camgate_as_the_dvrs_router_kernel_then_userspace() {
     // The userspace relay sends from camgate's own address.
     assert!(reflexive_address(wan, "10.78.2.1").starts_with("10.78.1.1:"));
     uclient_relays(wan, "10.78.2.1", "10.78.1.2");
+    // camgate's own STUN responder answers with the client's address.
+    assert!(reflexive_address_on(wan, "10.78.2.1", 3479).starts_with("10.78.2.2:"));
+    let responder = &get_ok(gw, "http://127.0.0.1:8080/api/status").json()["forwarding"]["stun_responder"];
+    assert!(responder["answered"].as_u64().unwrap() >= 1, "{responder}");
 
     let reached_before = recorder.packets();
     let dropped_before = forward_status(gw, "turn")["guard_dropped"]["packets"]
