@@ -164,6 +164,11 @@ fn profiles_lists_and_shows_the_built_in_profiles() {
         );
     }
     let agent = String::from_utf8(camgate(&["profiles", "show", "agentdvr"]).stdout).unwrap();
-    assert!(agent.contains("udp = [\"3478\", \"50000-50100\"]"), "{agent}");
+    assert!(agent.contains("ports = \"50000-50100\""), "{agent}");
+    let agent_line = list.lines().find(|line| line.starts_with("agentdvr")).unwrap();
+    assert!(
+        agent_line.contains("forwards udp 3478 (STUN only), udp 50000-50100"),
+        "{agent_line}"
+    );
     assert_eq!(camgate(&["profiles", "show", "nope"]).status.code(), Some(64));
 }
