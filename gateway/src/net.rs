@@ -315,12 +315,13 @@ where
     }
 }
 
-/// Open connections per client address.
+/// Open connections (or flows) per client address.
 #[derive(Debug, Default)]
-struct ClientCounts(Mutex<HashMap<IpAddr, usize>>);
+pub(crate) struct ClientCounts(Mutex<HashMap<IpAddr, usize>>);
 
 impl ClientCounts {
-    fn acquire(counts: &Arc<Self>, client: IpAddr, limit: usize) -> Option<ClientSlot> {
+    /// A slot for `client` if it has fewer than `limit`; dropping it frees it.
+    pub(crate) fn acquire(counts: &Arc<Self>, client: IpAddr, limit: usize) -> Option<ClientSlot> {
         let mut map = counts.0.lock().unwrap_or_else(PoisonError::into_inner);
         let count = map.entry(client).or_default();
         if *count >= limit {
@@ -334,7 +335,8 @@ impl ClientCounts {
     }
 }
 
-struct ClientSlot {
+#[derive(Debug)]
+pub(crate) struct ClientSlot {
     counts: Arc<ClientCounts>,
     client: IpAddr,
 }
@@ -353,7 +355,7 @@ impl Drop for ClientSlot {
 
 /// Per-connection failures (the client gave up) are routine; running out
 /// of file descriptors is not, and retrying at once would spin.
-fn accept_error(e: &std::io::Error) -> impl Future<Output = ()> {
+pub(crate) fn accept_error(e: &std::io::Error) -> impl Future<Output = ()> {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     let transient = matches!(e.kind(), ConnectionAborted | ConnectionRefused | ConnectionReset);
     if !transient {

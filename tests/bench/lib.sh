@@ -25,6 +25,23 @@ spawn() {
   server_pid=$!
 }
 
+# Stops the last server started: TERM, up to 10 s to exit, then KILL whatever is left of its process
+# group (children such as socat's per-client processes).
+stop_server() {
+  kill -TERM "$server_pid" 2>/dev/null || true
+  for _ in $(seq 100); do
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL -- "-$server_pid" 2>/dev/null || true   # the leader is not reaped yet, so the group is ours
+  wait "$server_pid" 2>/dev/null || true
+  local pid kept=()
+  for pid in "${started[@]}"; do            # reaped: its pid may be reused, so the trap must forget it
+    [ "$pid" = "$server_pid" ] || kept+=("$pid")
+  done
+  started=("${kept[@]}")
+}
+
 # Waits up to 10 s until something listens on 127.0.0.1:$1; else shows the logs named after it and fails.
 wait_port() {
   local port=$1

@@ -114,22 +114,6 @@ ulimit -n "$nofile"
 printf '127.0.0.1 localhost bench.test\n::1 localhost\n' >"$work/hosts"
 mount --bind "$work/hosts" /etc/hosts
 
-# TERM, up to 10 s to exit, then KILL whatever is left of its process group.
-stop_server() {
-  kill -TERM "$server_pid" 2>/dev/null || true
-  for _ in $(seq 100); do
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL -- "-$server_pid" 2>/dev/null || true   # the leader is not reaped yet, so the group is ours
-  wait "$server_pid" 2>/dev/null || true
-  local pid kept=()
-  for pid in "${started[@]}"; do            # reaped: its pid may be reused, so the trap must forget it
-    [ "$pid" = "$server_pid" ] || kept+=("$pid")
-  done
-  started=("${kept[@]}")
-}
-
 # --- Certificate: a proper leaf (CA:FALSE, serverAuth), self-signed, P-256 ---------------------------------
 
 make_cert() {

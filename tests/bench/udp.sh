@@ -138,22 +138,6 @@ wait_udp() {
   exit 1
 }
 
-# TERM, up to 10 s to exit, then KILL whatever is left of its process group (socat's children).
-stop_server() {
-  kill -TERM "$server_pid" 2>/dev/null || true
-  for _ in $(seq 100); do
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL -- "-$server_pid" 2>/dev/null || true   # the leader is not reaped yet, so the group is ours
-  wait "$server_pid" 2>/dev/null || true
-  local pid kept=()
-  for pid in "${started[@]}"; do            # reaped: its pid may be reused, so the trap must forget it
-    [ "$pid" = "$server_pid" ] || kept+=("$pid")
-  done
-  started=("${kept[@]}")
-}
-
 # CPU ticks of process group $1: utime+stime of its live processes plus cutime+cstime, where the time of
 # reaped children ends up (socat's child exits as soon as the client is gone: see stop_socat).
 group_ticks() {

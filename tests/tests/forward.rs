@@ -142,6 +142,24 @@ fn peer_sends_first(client: &Netns, server: &str, sender: &Netns, peer_ip: &str,
     status.success() && rest.contains("hello from the peer")
 }
 
+/// Loads an nftables ruleset (text) in `ns`: the test's own tables, beside
+/// camgate's.
+fn nft_load(ns: &Netns, rules: &str) {
+    let mut command = ns.command("nft");
+    command
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "nft: {}\n{rules}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Counts UDP datagrams to port 3478 arriving in `ns` (where coturn runs).
 struct Recorder<'a>(&'a Netns);
 
@@ -149,11 +167,7 @@ impl<'a> Recorder<'a> {
     fn install(ns: &'a Netns) -> Self {
         let rules = "table inet recorder { chain input { type filter hook input priority 0; \
                      udp dport 3478 counter\n}\n}\n";
-        let mut command = ns.command("nft");
-        command.args(["-f", "-"]).stdin(std::process::Stdio::piped());
-        let mut child = command.spawn().unwrap();
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), rules.as_bytes()).unwrap();
-        assert!(child.wait().unwrap().success());
+        nft_load(ns, rules);
         Self(ns)
     }
 
@@ -393,7 +407,7 @@ fn camgate_as_the_dvrs_router_kernel_then_userspace() {
 
 /// The home LAN: a bridge in `home` (the home router) with camgate and the
 /// DVR on it; `home` port-forwards 3478 and the relay range to camgate.
-fn lan_host_topology() -> (Topology, Output) {
+fn lan_host_topology() -> Topology {
     let net = Topology::builder("fwl")
         .link(("home", "10.78.3.1/24"), ("wan", "10.78.3.2/24"))
         .link(("home", "10.78.5.1/30"), ("gw", "10.78.4.3/24"))
@@ -415,12 +429,8 @@ fn lan_host_topology() -> (Topology, Output) {
         chain pre { type nat hook prerouting priority dstnat; \
           iifname \"v0-wan\" udp dport { 3478, 50000-50010 } dnat to 10.78.4.3\n}\n \
         chain post { type nat hook postrouting priority srcnat; oifname \"v0-wan\" masquerade\n}\n}\n";
-    let mut command = home.command("nft");
-    command.args(["-f", "-"]).stdin(std::process::Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), rules.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    (net, output)
+    nft_load(home, rules);
+    net
 }
 
 const LAN_FORWARDS: &str = "[[forward]]\nname = \"turn\"\nprotocol = \"udp\"\nports = 3478\n\
@@ -430,8 +440,7 @@ const LAN_FORWARDS: &str = "[[forward]]\nname = \"turn\"\nprotocol = \"udp\"\npo
 
 #[test]
 fn camgate_as_a_host_on_the_home_lan() {
-    let (net, nft) = lan_host_topology();
-    assert!(nft.status.success(), "{nft:?}");
+    let net = lan_host_topology();
     let (gw, wan, dvr) = (net.ns("gw"), net.ns("wan"), net.ns("dvr"));
     let dir = tempfile::tempdir().unwrap();
     let _coturn = coturn(dvr, dir.path(), "10.78.4.2", "10.78.3.1");

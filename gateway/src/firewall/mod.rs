@@ -12,6 +12,7 @@
 pub mod ruleset;
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::net::IpAddr;
 use std::process::Command;
@@ -209,11 +210,19 @@ impl Firewall {
             Vec::new()
         };
         let mut forwards = Vec::with_capacity(kernel.len());
+        // A profile's forwards share one target: one route lookup each.
+        let mut routes: HashMap<IpAddr, String> = HashMap::new();
         for forward in kernel {
             let masquerade = match forward.masquerade {
                 Masquerade::Always => true,
                 Masquerade::Never => false,
-                Masquerade::Auto => defaults.contains(&self.backend.route_interface(forward.target)?),
+                Masquerade::Auto => {
+                    let interface = match routes.entry(forward.target) {
+                        Entry::Occupied(known) => known.into_mut(),
+                        Entry::Vacant(new) => new.insert(self.backend.route_interface(forward.target)?),
+                    };
+                    defaults.contains(interface)
+                }
             };
             forwards.push(KernelForward {
                 forward: forward.clone(),
@@ -268,14 +277,6 @@ impl Firewall {
 
     pub fn forwards(&self) -> &[KernelForward] {
         &self.forwards
-    }
-
-    pub fn counters(&self) -> Result<HashMap<String, Count>, FirewallError> {
-        if self.managed {
-            self.backend.counters()
-        } else {
-            Ok(HashMap::new())
-        }
     }
 
     pub fn status(&self) -> SubsystemStatus {

@@ -313,19 +313,16 @@ fn nat_family(address: IpAddr) -> NATFamily {
     }
 }
 
-fn protocol_name(protocol: Protocol) -> &'static str {
-    protocol.as_str()
+fn ports(range: PortRange) -> Expression<'static> {
+    number_or_range(range.first, range.last)
 }
 
-fn ports(range: PortRange) -> Expression<'static> {
-    if range.first == range.last {
-        Expression::Number(range.first.into())
+fn number_or_range(first: u16, last: u16) -> Expression<'static> {
+    if first == last {
+        Expression::Number(first.into())
     } else {
         Expression::Range(Box::new(expr::Range {
-            range: [
-                Expression::Number(range.first.into()),
-                Expression::Number(range.last.into()),
-            ],
+            range: [Expression::Number(first.into()), Expression::Number(last.into())],
         }))
     }
 }
@@ -364,7 +361,7 @@ fn l4proto(protocol: Protocol) -> Statement<'static> {
         Expression::Named(NamedExpression::Meta(expr::Meta {
             key: expr::MetaKey::L4proto,
         })),
-        Expression::String(protocol_name(protocol).into()),
+        Expression::String(protocol.as_str().into()),
     )
 }
 
@@ -373,10 +370,7 @@ fn l4proto(protocol: Protocol) -> Statement<'static> {
 fn listen_match(forward: &Forward) -> Vec<Statement<'static>> {
     let mut statements = vec![
         l4proto(forward.protocol),
-        equals(
-            field(protocol_name(forward.protocol), "dport"),
-            ports(forward.ports),
-        ),
+        equals(field(forward.protocol.as_str(), "dport"), ports(forward.ports)),
     ];
     if forward.listen_address.is_unspecified() {
         // IPv4 targets take IPv4 clients, IPv6 targets IPv6 ones.
@@ -436,7 +430,7 @@ fn from_target(forward: &Forward) -> Vec<Statement<'static>> {
         l4proto(forward.protocol),
         equals(ip_field(forward.target, "saddr"), address(forward.target)),
         equals(
-            field(protocol_name(forward.protocol), "sport"),
+            field(forward.protocol.as_str(), "sport"),
             ports(forward.target_ports()),
         ),
     ]
@@ -459,7 +453,7 @@ fn target_port_map(forward: &Forward) -> Option<Expression<'static>> {
         })
         .collect();
     Some(Expression::Named(NamedExpression::Map(Box::new(Map {
-        key: field(protocol_name(forward.protocol), "dport"),
+        key: field(forward.protocol.as_str(), "dport"),
         data: Expression::Named(NamedExpression::Set(pairs)),
     }))))
 }
@@ -504,18 +498,8 @@ fn stun_message() -> Vec<Statement<'static>> {
 fn channel_data() -> Vec<Statement<'static>> {
     let pairs = stun::channel_data_lengths()
         .map(|(udp, declared)| {
-            let udp = if udp.start() == udp.end() {
-                Expression::Number((*udp.start()).into())
-            } else {
-                Expression::Range(Box::new(expr::Range {
-                    range: [
-                        Expression::Number((*udp.start()).into()),
-                        Expression::Number((*udp.end()).into()),
-                    ],
-                }))
-            };
             SetItem::Element(Expression::Named(NamedExpression::Concat(vec![
-                udp,
+                number_or_range(*udp.start(), *udp.end()),
                 Expression::Number(declared.into()),
             ])))
         })

@@ -3,23 +3,21 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::config::forward::FlowLimits;
+use crate::net::{ClientCounts, ClientSlot};
 
 /// Counts open flows (UDP flows and TCP connections of every userspace
-/// forward) against the limits.
+/// forward) against the limits; per client with the proxy's
+/// [`ClientCounts`], overall with a counter.
 #[derive(Debug)]
 pub struct FlowCaps {
-    state: Mutex<CapState>,
-}
-
-#[derive(Debug)]
-struct CapState {
-    limits: FlowLimits,
-    total: usize,
-    per_client: HashMap<IpAddr, usize>,
+    limits: Mutex<FlowLimits>,
+    total: AtomicUsize,
+    per_client: Arc<ClientCounts>,
 }
 
 /// Why a flow was refused.
@@ -33,51 +31,49 @@ pub enum Refused {
 #[derive(Debug)]
 pub struct FlowPermit {
     caps: Arc<FlowCaps>,
-    client: IpAddr,
+    _client: ClientSlot,
 }
 
 impl FlowCaps {
     pub fn new(limits: FlowLimits) -> Arc<Self> {
         Arc::new(Self {
-            state: Mutex::new(CapState {
-                limits,
-                total: 0,
-                per_client: HashMap::new(),
-            }),
+            limits: Mutex::new(limits),
+            total: AtomicUsize::new(0),
+            per_client: Arc::default(),
         })
     }
 
     /// New limits apply to new flows; open ones stay.
     pub fn set_limits(&self, limits: FlowLimits) {
-        self.lock().limits = limits;
+        *self.lock() = limits;
     }
 
     pub fn limits(&self) -> FlowLimits {
-        self.lock().limits
+        *self.lock()
     }
 
     pub fn open(self: &Arc<Self>, client: IpAddr) -> Result<FlowPermit, Refused> {
-        let mut state = self.lock();
-        if state.total >= state.limits.max_flows {
-            return Err(Refused::Total);
+        let limits = self.limits();
+        self.total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limits.max_flows).then_some(n + 1)
+            })
+            .map_err(|_| Refused::Total)?;
+        match ClientCounts::acquire(&self.per_client, client, limits.max_flows_per_client) {
+            Some(slot) => Ok(FlowPermit {
+                caps: Arc::clone(self),
+                _client: slot,
+            }),
+            None => {
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                Err(Refused::Client)
+            }
         }
-        let limit = state.limits.max_flows_per_client;
-        let count = state.per_client.entry(client).or_insert(0);
-        if *count >= limit {
-            return Err(Refused::Client);
-        }
-        *count += 1;
-        state.total += 1;
-        Ok(FlowPermit {
-            caps: Arc::clone(self),
-            client,
-        })
     }
 
-    fn lock(&self) -> MutexGuard<'_, CapState> {
-        // Counting cannot leave the state half-updated: a poisoned lock is
-        // still consistent.
-        self.state
+    fn lock(&self) -> MutexGuard<'_, FlowLimits> {
+        // Plain values: a poisoned lock still holds consistent ones.
+        self.limits
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -85,14 +81,7 @@ impl FlowCaps {
 
 impl Drop for FlowPermit {
     fn drop(&mut self) {
-        let mut state = self.caps.lock();
-        state.total -= 1;
-        if let Some(count) = state.per_client.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
-                state.per_client.remove(&self.client);
-            }
-        }
+        self.caps.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -41,9 +41,7 @@ pub(super) fn serve(
                         accepted = listener.accept() => match accepted {
                             Ok(accepted) => accepted,
                             Err(e) => {
-                                // EMFILE and friends: back off instead of spinning.
-                                tracing::warn!("accept: {e}");
-                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                crate::net::accept_error(&e).await;
                                 continue;
                             }
                         },
