@@ -6,6 +6,7 @@
 //! [`ForwardStatusSource`]: kernel counters are read from nftables when the
 //! status is asked for, userspace ones are atomics.
 
+mod batch;
 pub mod limits;
 pub mod stun;
 mod tcp;
@@ -54,6 +55,11 @@ impl Traffic {
     fn add(&self, len: usize) {
         self.packets.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    fn add_run(&self, packets: usize, bytes: usize) {
+        self.packets.fetch_add(packets as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     fn add_bytes(&self, bytes: u64) {
@@ -274,6 +280,7 @@ pub struct ForwardService {
     responder: Vec<(SocketAddr, Arc<UdpSocket>)>,
     responder_drain: Option<Drain>,
     caps: Arc<FlowCaps>,
+    batches: Arc<batch::BatchPool>,
     source: Arc<ForwardStatusSource>,
 }
 
@@ -284,6 +291,7 @@ impl ForwardService {
             responder: Vec::new(),
             responder_drain: None,
             caps: FlowCaps::new(config.forwarding.limits),
+            batches: Arc::default(),
             source: Arc::new(ForwardStatusSource {
                 snapshot: ArcSwap::default(),
                 responder: Arc::default(),
@@ -406,7 +414,14 @@ impl ForwardService {
                     let counters = Arc::new(Counters::default());
                     match &sockets {
                         Sockets::Udp(sockets) => {
-                            udp::serve(forward.clone(), sockets.clone(), &self.caps, &counters, &child);
+                            udp::serve(
+                                forward.clone(),
+                                sockets.clone(),
+                                &self.caps,
+                                &self.batches,
+                                &counters,
+                                &child,
+                            );
                         }
                         Sockets::Tcp(listeners) => {
                             tcp::serve(forward.clone(), listeners.clone(), &self.caps, &counters, &child);

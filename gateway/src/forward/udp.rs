@@ -1,7 +1,7 @@
 //! The userspace UDP relay: one socket per listen port; per client address
 //! a flow with its own upstream socket connected to the target, so the
 //! target's answers map back without any table lookup; flows end after the
-//! idle timeout.
+//! idle timeout. Datagrams move in batches (`batch.rs`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,13 +14,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Counters;
+use super::batch::BatchPool;
 use super::limits::{FlowCaps, FlowPermit, RateLimiter, Refused};
 use super::stun::{self, Datagram};
 use crate::config::forward::Forward;
 use crate::shutdown::Drain;
-
-/// Large enough for any UDP payload; datagrams are never truncated.
-const BUFFER: usize = 65_536;
 
 /// Binds a UDP socket (IPv6 ones v6-only, as the TCP listeners).
 pub(super) fn bind(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -36,7 +34,9 @@ pub(super) fn bind(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> 
 /// A client's flow through one listen port.
 #[derive(Debug)]
 struct Flow {
+    /// Connected to `target`.
     upstream: Arc<UdpSocket>,
+    target: SocketAddr,
     /// Milliseconds since the relay started, at the last datagram either way.
     last_seen: AtomicU64,
     stop: CancellationToken,
@@ -69,6 +69,7 @@ pub(super) fn serve(
     forward: Forward,
     sockets: Vec<Arc<UdpSocket>>,
     caps: &Arc<FlowCaps>,
+    batches: &Arc<BatchPool>,
     counters: &Arc<Counters>,
     drain: &Drain,
 ) {
@@ -86,6 +87,7 @@ pub(super) fn serve(
             listen: socket,
             flows: Arc::clone(&flows),
             caps: Arc::clone(caps),
+            batches: Arc::clone(batches),
             limiter: Arc::clone(&limiter),
             counters: Arc::clone(counters),
             drain: drain.clone(),
@@ -109,6 +111,7 @@ struct Relay {
     listen: Arc<UdpSocket>,
     flows: Arc<Flows>,
     caps: Arc<FlowCaps>,
+    batches: Arc<BatchPool>,
     limiter: Arc<Mutex<RateLimiter>>,
     counters: Arc<Counters>,
     drain: Drain,
@@ -116,29 +119,37 @@ struct Relay {
 
 impl Relay {
     async fn run(self) {
-        let mut buffer = vec![0u8; BUFFER];
         loop {
-            let (len, client) = match self.listen.recv_from(&mut buffer).await {
-                Ok(received) => received,
+            if let Err(e) = self.listen.readable().await {
+                tracing::warn!("listen socket: {e}");
+                return;
+            }
+            let mut batch = self.batches.take();
+            let batch = &mut *batch;
+            match batch.inbox.receive(&self.listen) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                // ICMP errors from earlier sends surface here; the socket
+                // itself is fine.
                 Err(e) => {
-                    // ICMP errors from earlier sends surface here; the socket
-                    // itself is fine.
                     tracing::debug!("receive: {e}");
                     continue;
                 }
-            };
-            let datagram = &buffer[..len];
-            if self.forward.stun && !self.passes_guard(datagram, client) {
-                continue;
             }
-            let Some(flow) = self.flow(client).await else {
-                continue;
-            };
-            flow.last_seen.store(self.flows.now_ms(), Ordering::Relaxed);
-            match flow.upstream.send(datagram).await {
-                Ok(_) => self.counters.to_target.add(len),
-                Err(e) => tracing::debug!(%client, "send to target: {e}"),
+            for (client, datagram) in batch.inbox.datagrams() {
+                if self.forward.stun && !self.passes_guard(datagram, client) {
+                    continue;
+                }
+                let Some(flow) = self.flow(client) else {
+                    continue;
+                };
+                flow.last_seen.store(self.flows.now_ms(), Ordering::Relaxed);
+                batch
+                    .outbox
+                    .push(&flow.upstream, flow.target, datagram, &self.counters.to_target)
+                    .await;
             }
+            batch.outbox.flush(&self.counters.to_target).await;
         }
     }
 
@@ -163,7 +174,7 @@ impl Relay {
     }
 
     /// The client's flow, opened if new and within the caps.
-    async fn flow(&self, client: SocketAddr) -> Option<Arc<Flow>> {
+    fn flow(&self, client: SocketAddr) -> Option<Arc<Flow>> {
         let key = (self.port, client);
         if let Some(flow) = self.flows.lock().get(&key) {
             return Some(Arc::clone(flow));
@@ -181,7 +192,7 @@ impl Relay {
             }
         };
         let target = self.forward.target_for(self.port);
-        let upstream = match upstream_socket(target).await {
+        let upstream = match upstream_socket(target) {
             Ok(socket) => Arc::new(socket),
             Err(e) => {
                 tracing::warn!(%client, %target, "cannot open a socket to the target: {e}");
@@ -190,6 +201,7 @@ impl Relay {
         };
         let flow = Arc::new(Flow {
             upstream,
+            target,
             last_seen: AtomicU64::new(self.flows.now_ms()),
             stop: self.drain.token().child_token(),
             _permit: permit,
@@ -203,6 +215,7 @@ impl Relay {
             key,
             listen: Arc::clone(&self.listen),
             flows: Arc::clone(&self.flows),
+            batches: Arc::clone(&self.batches),
             idle: self.caps.limits().idle_timeout,
             counters: Arc::clone(&self.counters),
         };
@@ -211,15 +224,15 @@ impl Relay {
     }
 }
 
-async fn upstream_socket(target: SocketAddr) -> std::io::Result<UdpSocket> {
+fn upstream_socket(target: SocketAddr) -> std::io::Result<UdpSocket> {
     let local: SocketAddr = if target.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let socket = UdpSocket::from_std(bind(local)?)?;
-    socket.connect(target).await?;
-    Ok(socket)
+    let socket = bind(local)?;
+    socket.connect(target)?;
+    UdpSocket::from_std(socket)
 }
 
 /// Carries the target's answers back to the client, and ends the flow when
@@ -229,6 +242,7 @@ struct Replies {
     key: FlowKey,
     listen: Arc<UdpSocket>,
     flows: Arc<Flows>,
+    batches: Arc<BatchPool>,
     idle: Duration,
     counters: Arc<Counters>,
 }
@@ -236,7 +250,6 @@ struct Replies {
 impl Replies {
     async fn run(self) {
         let client = self.key.1;
-        let mut buffer = vec![0u8; BUFFER];
         loop {
             let idle_for = Duration::from_millis(
                 self.flows
@@ -251,18 +264,13 @@ impl Replies {
             tokio::select! {
                 () = self.flow.stop.cancelled() => break,
                 () = tokio::time::sleep(left) => {}
-                received = self.flow.upstream.recv(&mut buffer) => match received {
-                    Ok(len) => {
-                        self.flow.last_seen.store(self.flows.now_ms(), Ordering::Relaxed);
-                        match self.listen.send_to(&buffer[..len], client).await {
-                            Ok(_) => self.counters.to_client.add(len),
-                            Err(e) => tracing::debug!(%client, "send to client: {e}"),
-                        }
+                readable = self.flow.upstream.readable() => {
+                    if let Err(e) = readable {
+                        tracing::warn!(%client, "upstream socket: {e}");
+                        break;
                     }
-                    // E.g. ICMP port unreachable from the target: the flow
-                    // stays until idle, as a NAT mapping would.
-                    Err(e) => tracing::debug!(%client, "receive from target: {e}"),
-                },
+                    self.relay_answers().await;
+                }
             }
         }
         let mut table = self.flows.lock();
@@ -270,5 +278,29 @@ impl Replies {
             table.remove(&self.key);
         }
         self.counters.flows_active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn relay_answers(&self) {
+        let client = self.key.1;
+        let mut batch = self.batches.take();
+        let batch = &mut *batch;
+        match batch.inbox.receive(&self.flow.upstream) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            // E.g. ICMP port unreachable from the target: the flow stays
+            // until idle, as a NAT mapping would.
+            Err(e) => {
+                tracing::debug!(%client, "receive from target: {e}");
+                return;
+            }
+        }
+        self.flow.last_seen.store(self.flows.now_ms(), Ordering::Relaxed);
+        for (_, datagram) in batch.inbox.datagrams() {
+            batch
+                .outbox
+                .push(&self.listen, client, datagram, &self.counters.to_client)
+                .await;
+        }
+        batch.outbox.flush(&self.counters.to_client).await;
     }
 }
