@@ -19,8 +19,10 @@
 # rounds interleave the relays (userspace socat kernel direct, userspace ...), each relay freshly
 # started per round; ratios are computed within a round, then the median over rounds is reported.
 # Per relay, round and size, `tests/src/bin/udp-load.rs` runs two measurements from one client socket:
-#   throughput  a window of 32 datagrams in flight (each echo sends the next) for 5 s: echoes/s, RTT p50/p99
-#               (with a full window RTT ~ window / rate: queueing, not the relay's own delay);
+#   throughput  a window of 128 datagrams in flight (each batch of echoes sends as many new ones) for 5 s:
+#               echoes/s, RTT p50/p99 (with a full window RTT ~ window / rate: queueing, not the relay's own
+#               delay). udp-load and camgate both move up to 32 datagrams per system call, so a window of 32
+#               tends to travel as one convoy, each hop waiting for the last; 128 keeps every stage busy;
 #   latency     a window of 1 (ping-pong) for 2 s: the unloaded RTT; "added" = minus kernel DNAT's, same round.
 #               Most of it is not the relay: on this VM each wake-up of a task on the other CPU costs ~20 us,
 #               and a relay on CPU 0 needs four per round trip (kernel DNAT, all on CPU 1, none). So each round
@@ -35,10 +37,11 @@
 # nothing may listen on 10.79.2.1:40000 in the gateway (so every echo went through DNAT). CPU0/CPU1 busy %
 # per run show which side limits; "other load" notes flag runs where other processes used CPU 0.
 #
-# Reading the figures (2-core VM): with a userspace relay both CPUs run at ~98 %, the client side (client,
-# echo server and their share of the veth/UDP stack) costs about as much per echo as the relay, and kernel
-# DNAT with everything on CPU 1 tops out near 250k echoes/s. So echoes/s ratios against socat are capped well
-# below 3x whatever the relay does; "relay CPU us/echo" (bench-method.md: efficiency) is the fairer figure.
+# Reading the figures (2-core VM): the client side (client, echo server and, since a veth delivers in the
+# sender's context, the stack work of their sends) saturates CPU 1 at about 220k echoes/s, which is all
+# kernel DNAT reaches, about 2.3x socat. So an echoes/s ratio against socat cannot show more than that,
+# whatever the relay does; camgate's relay, batched, runs CPU 0 at ~80 % there. "relay CPU us/echo"
+# (bench-method.md: efficiency) is the fairer figure.
 #
 # Usage (root):  tests/bench/udp.sh            3 rounds, about 3 minutes
 #                QUICK=1 tests/bench/udp.sh    1 round of 2 s + 1 s runs (smoke test)
@@ -59,7 +62,7 @@ if [ -n "${QUICK:-}" ]; then
 else
   rounds=${ROUNDS:-3} run_s=${DURATION:-5} lat_s=${LAT_DURATION:-2}
 fi
-window=${WINDOW:-32}
+window=${WINDOW:-128}
 sizes="200 1200"
 relays="userspace socat kernel direct"   # round order; direct: the window-1 baseline, see start_direct
 results=${RESULTS:-/tmp/camgate-udp-bench.jsonl}
@@ -236,7 +239,7 @@ start_socat() {
 }
 stop_socat() {
   # A child does not wait for -T 60 once its client is gone: the echoes still in flight draw ICMP port
-  # unreachable, and it exits at the resulting ECONNREFUSED (so after window-32 runs, mostly not after
+  # unreachable, and it exits at the resulting ECONNREFUSED (so after window-128 runs, mostly not after
   # window-1 runs).
   echo "  socat processes left: $(($(ps -o pid= -g "$server_pid" | wc -l))) (the listener + live children)"
   stop_server
