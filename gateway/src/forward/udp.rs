@@ -20,6 +20,11 @@ use super::stun::{self, Datagram};
 use crate::config::forward::Forward;
 use crate::shutdown::Drain;
 
+/// Receive buffer asked for each relay socket. The default (about 200 KiB,
+/// ~90 full-size datagrams) overflows on a video key frame's burst when the
+/// relay is busy for a moment.
+const RECEIVE_BUFFER: usize = 2 << 20;
+
 /// Binds a UDP socket (IPv6 ones v6-only, as the TCP listeners).
 pub(super) fn bind(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::DGRAM, None)?;
@@ -27,6 +32,12 @@ pub(super) fn bind(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> 
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Forcing past net.core.rmem_max needs CAP_NET_ADMIN (the appliance has
+    // it); otherwise the kernel caps the size, which is still the default.
+    if nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err()
+    {
+        socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
+    }
     socket.bind(&address.into())?;
     Ok(socket.into())
 }
