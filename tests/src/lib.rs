@@ -14,6 +14,7 @@ pub mod dvr;
 pub mod http;
 pub mod lab;
 pub mod netns;
+pub mod nft;
 pub mod pebble;
 pub mod process;
 pub mod tls;

@@ -128,6 +128,7 @@ pub struct TopologyBuilder {
     links: Vec<((String, String), (String, String))>,
     routes: Vec<(String, String, String)>,
     sysctls: Vec<(String, String, String)>,
+    switches: Vec<(String, Vec<(String, String)>)>,
 }
 
 impl Topology {
@@ -139,6 +140,7 @@ impl Topology {
             links: Vec::new(),
             routes: Vec::new(),
             sysctls: Vec::new(),
+            switches: Vec::new(),
         }
     }
 
@@ -166,6 +168,23 @@ impl TopologyBuilder {
         self = self.host(a.0).host(b.0);
         self.links
             .push(((a.0.to_owned(), a.1.to_owned()), (b.0.to_owned(), b.1.to_owned())));
+        self
+    }
+
+    /// A namespace `switch` holding a bridge, with a veth to each member
+    /// (host, CIDR); the member's end is named [`switch_port`]`(switch)`.
+    pub fn switch(mut self, switch: &str, members: &[(&str, &str)]) -> Self {
+        self = self.host(switch);
+        for (member, _) in members {
+            self = self.host(member);
+        }
+        self.switches.push((
+            switch.to_owned(),
+            members
+                .iter()
+                .map(|(m, cidr)| ((*m).to_owned(), (*cidr).to_owned()))
+                .collect(),
+        ));
         self
     }
 
@@ -211,6 +230,31 @@ impl TopologyBuilder {
                 netns.ip(&["link", "set", interface, "up"]);
             }
         }
+        for (switch, members) in &self.switches {
+            let bridge = topology.ns(switch);
+            bridge.ip(&["link", "add", "br0", "type", "bridge"]);
+            bridge.ip(&["link", "set", "br0", "up"]);
+            for (member, cidr) in members {
+                let port = interface_name(0, member);
+                let netns = topology.ns(member);
+                let name = switch_port(switch);
+                bridge.ip(&[
+                    "link",
+                    "add",
+                    &port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &name,
+                    "netns",
+                    netns.name(),
+                ]);
+                bridge.ip(&["link", "set", &port, "master", "br0", "up"]);
+                netns.ip(&["addr", "add", cidr, "dev", &name]);
+                netns.ip(&["link", "set", &name, "up"]);
+            }
+        }
         for (host, destination, gateway) in &self.routes {
             topology
                 .ns(host)
@@ -221,6 +265,13 @@ impl TopologyBuilder {
         }
         topology
     }
+}
+
+/// A switch member's interface towards `switch`: `to-<switch>`.
+pub fn switch_port(switch: &str) -> String {
+    let mut name = format!("to-{switch}");
+    name.truncate(15);
+    name
 }
 
 /// `v<link>-<peer>`, within Linux's 15-byte interface name limit.

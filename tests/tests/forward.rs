@@ -19,6 +19,7 @@ use std::time::Duration;
 use camgate_tests::camgate::{Camgate, Launch};
 use camgate_tests::http::get_ok;
 use camgate_tests::netns::{Netns, Topology};
+use camgate_tests::nft::{Recorder, load as nft_load};
 use camgate_tests::process::{Peer, require_binary, wait_until};
 
 const STUN_MAGIC: u32 = 0x2112_A442;
@@ -144,55 +145,6 @@ fn peer_sends_first(client: &Netns, server: &str, sender: &Netns, peer_ip: &str,
 
 /// Loads an nftables ruleset (text) in `ns`: the test's own tables, beside
 /// camgate's.
-fn nft_load(ns: &Netns, rules: &str) {
-    let mut command = ns.command("nft");
-    command
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), rules.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "nft: {}\n{rules}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Counts UDP datagrams to port 3478 arriving in `ns` (where coturn runs).
-struct Recorder<'a>(&'a Netns);
-
-impl<'a> Recorder<'a> {
-    fn install(ns: &'a Netns) -> Self {
-        let rules = "table inet recorder { chain input { type filter hook input priority 0; \
-                     udp dport 3478 counter\n}\n}\n";
-        nft_load(ns, rules);
-        Self(ns)
-    }
-
-    fn packets(&self) -> u64 {
-        let output = self
-            .0
-            .command("nft")
-            .args(["-j", "list", "table", "inet", "recorder"])
-            .output()
-            .unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        json["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find_map(|o| {
-                o["rule"]["expr"]
-                    .as_array()?
-                    .iter()
-                    .find_map(|e| e["counter"]["packets"].as_u64())
-            })
-            .unwrap()
-    }
-}
-
 fn stun_message(message_type: u16, body: &[u8]) -> Vec<u8> {
     let mut m = Vec::new();
     m.extend_from_slice(&message_type.to_be_bytes());
@@ -277,7 +229,7 @@ fn camgate_as_the_dvrs_router_kernel_then_userspace() {
     let _coturn = coturn(dvr, dir.path(), "10.78.1.2", "10.78.2.1");
     let _dvr_peer = echo_peer(dvr, "10.78.1.2", dir.path());
     let _wan_peer = echo_peer(wan, "10.78.2.2", dir.path());
-    let recorder = Recorder::install(dvr);
+    let recorder = Recorder::install(dvr, &["udp dport 3478"]);
     let state = dir.path().join("state");
     let mut camgate = Camgate::start(Launch {
         netns: Some(gw),
