@@ -14,6 +14,7 @@ pub mod acme;
 pub mod auth;
 pub mod error;
 pub mod forward;
+pub mod network;
 pub mod proxy;
 pub(crate) mod raw;
 pub mod store;

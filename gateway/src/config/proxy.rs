@@ -731,7 +731,7 @@ fn names(
 }
 
 /// An IP address or CIDR.
-fn network(value: &Spanned<String>, key: &str) -> Result<IpNet, Problem> {
+pub(super) fn network(value: &Spanned<String>, key: &str) -> Result<IpNet, Problem> {
     let text = value.get_ref();
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))

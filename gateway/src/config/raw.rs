@@ -33,6 +33,8 @@ pub(super) struct RawConfig {
     pub(super) forwards: Vec<RawForward>,
     #[serde(default)]
     pub(super) forwarding: RawForwarding,
+    pub(super) network: Option<RawNetwork>,
+    pub(super) cameras: Option<RawCameras>,
 }
 
 /// `[[forward]]`: ports forwarded 1:1 to a host (the DVR's STUN/TURN).
@@ -261,4 +263,32 @@ pub(super) fn from_str(text: &str) -> Result<RawConfig, Problem> {
             .replace(".$__serde_spanned_private_value", "");
         Problem::from_toml(e.inner(), if key == "." { String::new() } else { key })
     })
+}
+
+/// `[network]`: interface roles.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [network] table")]
+pub(super) struct RawNetwork {
+    /// The NIC on the home LAN.
+    pub(super) uplink: Option<Spanned<String>>,
+    /// A separate internet-facing NIC, when camgate is the edge router.
+    pub(super) wan: Option<Spanned<String>>,
+    /// Home LAN ranges allowed to reach the admin listener. Default: the
+    /// uplink's own subnets.
+    pub(super) lan: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[cameras]`: the camera segment on its own NIC (or a VLAN on it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [cameras] table")]
+pub(super) struct RawCameras {
+    pub(super) interface: Spanned<String>,
+    /// 802.1Q VLAN id: the cameras are on `<interface>.<vlan>`.
+    pub(super) vlan: Option<Spanned<u16>>,
+    /// camgate's address on the segment with its prefix: `"10.77.0.1/24"`.
+    pub(super) address: Spanned<String>,
+    /// Hosts (or CIDRs) allowed to open `ports` on cameras: the DVRs.
+    pub(super) dvr_hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    /// TCP ports of the cameras the DVR hosts may open.
+    pub(super) ports: Option<Spanned<Vec<Spanned<u16>>>>,
 }

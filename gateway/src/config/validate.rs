@@ -15,6 +15,7 @@ use super::acme::{self, Acme};
 use super::auth::{self, Auth};
 use super::error::Problem;
 use super::forward::{self, Forwarding};
+use super::network::{self, Network};
 use super::proxy::{self, Proxy, Site};
 use super::raw::{RawAdmin, RawConfig, RawDaemon};
 
@@ -53,6 +54,8 @@ pub struct Config {
     /// `None`: no ACME; sites use their files or the self-signed certificate.
     pub acme: Option<Acme>,
     pub forwarding: Forwarding,
+    /// `None`: no interface roles; camgate isolates nothing.
+    pub network: Option<Network>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +105,7 @@ pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, P
     let acme = acme::acme(raw.acme, &proxy, &sites)?;
     let forwarding = forward::forwarding(raw.forwards, raw.forwarding, &sites, mode)?;
     forward::check_listener_clashes(&forwarding, &admin, &proxy)?;
+    let network = network::network(raw.network, raw.cameras, &forwarding)?;
     let config = Config {
         daemon,
         admin,
@@ -115,6 +119,7 @@ pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, P
         },
         acme,
         forwarding,
+        network,
     };
     check_listener_clashes(&config)?;
     Ok(config)

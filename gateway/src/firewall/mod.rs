@@ -1,7 +1,9 @@
 //! The only code that talks to nftables. It owns `table inet camgate` and
-//! never touches other tables. Today the table carries the kernel-mode
-//! forwards and their STUN guard (`ruleset.rs`, pure); isolation adds its
-//! chains to the same builder.
+//! never touches other tables. The table carries the kernel-mode forwards
+//! and their STUN guard, and, with interface roles configured, the camera
+//! segment's isolation and the admin listener's reach (`ruleset/`, pure).
+//! It also sets up the camera interface (VLAN, address, no IPv6), since the
+//! rules are only as good as the interface they name.
 //!
 //! Reload: [`Firewall::prepare`] resolves routes, builds the batch and has
 //! `nft --check` it; [`Firewall::commit`] applies it as one transaction —
@@ -18,14 +20,16 @@ use std::net::IpAddr;
 use std::process::Command;
 use std::sync::Arc;
 
+use ipnet::{IpNet, Ipv4Net};
 use nftables::helper::{self, NftablesError};
 use nftables::schema::Nftables;
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::config::forward::{ForwardMode, Masquerade};
+use crate::config::network::{Cameras, Network};
 use crate::daemon::{SubsystemState, SubsystemStatus};
-pub use ruleset::{CounterNames, KernelForward};
+pub use ruleset::{CounterNames, Isolation, KernelForward};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -37,6 +41,16 @@ pub enum FirewallError {
     Forwarding {
         path: &'static str,
         source: std::io::Error,
+    },
+    #[error("cannot set up interface {interface}: {reason}")]
+    Interface { interface: String, reason: String },
+    #[error(
+        "the camera subnet {cameras} overlaps {uplink}'s subnet {subnet}: pick another `cameras.address`"
+    )]
+    Overlap {
+        cameras: Ipv4Net,
+        uplink: String,
+        subnet: IpNet,
     },
 }
 
@@ -68,6 +82,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Interfaces of the default routes (both families).
     fn default_route_interfaces(&self) -> Result<Vec<String>, FirewallError>;
     fn enable_forwarding(&self, ipv6: bool) -> Result<(), FirewallError>;
+    /// The subnets of `interface`'s addresses.
+    fn interface_subnets(&self, interface: &str) -> Result<Vec<IpNet>, FirewallError>;
+    /// Creates the VLAN sub-interface if configured, brings the interface up
+    /// with camgate's address as its only IPv4 one, and turns IPv6 off on
+    /// it (no router advertisements taken or given). Idempotent.
+    fn set_up_camera_interface(&self, cameras: &Cameras) -> Result<(), FirewallError>;
 }
 
 /// `nft` (JSON through the nftables crate) and `ip` for routes.
@@ -144,6 +164,83 @@ impl Backend for Nft {
         }
         Ok(())
     }
+
+    fn interface_subnets(&self, interface: &str) -> Result<Vec<IpNet>, FirewallError> {
+        Ok(Self::addresses(interface)?.iter().map(IpNet::trunc).collect())
+    }
+
+    fn set_up_camera_interface(&self, cameras: &Cameras) -> Result<(), FirewallError> {
+        let interface = cameras.interface();
+        let failed = |reason: String| FirewallError::Interface {
+            interface: interface.clone(),
+            reason,
+        };
+        ip(&["link", "set", &cameras.parent, "up"]).map_err(failed)?;
+        if let Some(vlan) = cameras.vlan
+            && ip_json(&["link", "show", "dev", &interface]).is_err()
+        {
+            ip(&[
+                "link",
+                "add",
+                "link",
+                &cameras.parent,
+                "name",
+                &interface,
+                "type",
+                "vlan",
+                "id",
+                &vlan.to_string(),
+            ])
+            .map_err(failed)?;
+        }
+        let ipv6_off = format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6");
+        std::fs::write(&ipv6_off, "1").map_err(|e| failed(format!("{ipv6_off}: {e}")))?;
+        let wanted = IpNet::V4(cameras.address);
+        let current: Vec<IpNet> = Self::addresses(&interface)?
+            .into_iter()
+            .filter(|net| matches!(net, IpNet::V4(_)))
+            .collect();
+        if current != [wanted] {
+            ip(&["-4", "addr", "flush", "dev", &interface]).map_err(failed)?;
+            ip(&["addr", "add", &wanted.to_string(), "dev", &interface]).map_err(failed)?;
+        }
+        ip(&["link", "set", &interface, "up"]).map_err(failed)
+    }
+}
+
+impl Nft {
+    fn addresses(interface: &str) -> Result<Vec<IpNet>, FirewallError> {
+        let links =
+            ip_json(&["addr", "show", "dev", interface]).map_err(|reason| FirewallError::Interface {
+                interface: interface.to_owned(),
+                reason,
+            })?;
+        Ok(links
+            .iter()
+            .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
+            .filter_map(|info| {
+                let address: std::net::IpAddr = info["local"].as_str()?.parse().ok()?;
+                IpNet::new(address, u8::try_from(info["prefixlen"].as_u64()?).ok()?).ok()
+            })
+            .collect())
+    }
+}
+
+/// Runs `ip ARGS`; its stderr is the error.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
 }
 
 fn ip_json(args: &[&str]) -> Result<Vec<serde_json::Value>, String> {
@@ -166,6 +263,7 @@ fn ip_json(args: &[&str]) -> Result<Vec<serde_json::Value>, String> {
 #[derive(Debug)]
 pub struct Prepared {
     forwards: Vec<KernelForward>,
+    isolation: Option<Isolation>,
     ruleset: Option<Nftables<'static>>,
 }
 
@@ -195,6 +293,7 @@ impl Firewall {
         if !self.managed {
             return Ok(Prepared {
                 forwards: Vec::new(),
+                isolation: None,
                 ruleset: None,
             });
         }
@@ -229,11 +328,55 @@ impl Firewall {
                 masquerade,
             });
         }
-        let ruleset = ruleset::build(&forwards, config.forwarding.limits.allocate_rate);
+        let isolation = config
+            .network
+            .as_ref()
+            .map(|network| self.isolation(network, config))
+            .transpose()?;
+        let ruleset = ruleset::build(
+            &forwards,
+            config.forwarding.limits.allocate_rate,
+            isolation.as_ref(),
+        );
         self.backend.check(&ruleset)?;
         Ok(Prepared {
             forwards,
+            isolation,
             ruleset: Some(ruleset),
+        })
+    }
+
+    /// The isolation rules' inputs: LAN ranges from the uplink unless
+    /// configured, and a camera subnet that does not overlap them.
+    fn isolation(&self, network: &Network, config: &Config) -> Result<Isolation, FirewallError> {
+        let uplink_subnets = self.backend.interface_subnets(&network.uplink)?;
+        if let Some(cameras) = &network.cameras {
+            let subnet = IpNet::V4(cameras.subnet());
+            if let Some(overlap) = uplink_subnets
+                .iter()
+                .find(|net| net.contains(&subnet.network()) || subnet.contains(&net.network()))
+            {
+                return Err(FirewallError::Overlap {
+                    cameras: cameras.subnet(),
+                    uplink: network.uplink.clone(),
+                    subnet: *overlap,
+                });
+            }
+        }
+        let mut admin_ports: Vec<u16> = config
+            .admin
+            .listen
+            .iter()
+            .filter(|address| !address.ip().is_loopback())
+            .map(std::net::SocketAddr::port)
+            .collect();
+        admin_ports.sort_unstable();
+        admin_ports.dedup();
+        Ok(Isolation {
+            uplink: network.uplink.clone(),
+            lan: network.lan.clone().unwrap_or(uplink_subnets),
+            admin_ports,
+            cameras: network.cameras.clone(),
         })
     }
 
@@ -242,11 +385,19 @@ impl Firewall {
         let Some(ruleset) = prepared.ruleset else {
             return Ok(());
         };
-        if !prepared.forwards.is_empty() {
+        let cameras = prepared.isolation.as_ref().and_then(|i| i.cameras.as_ref());
+        let dvr_access = cameras.is_some_and(|c| !c.dvr_hosts.is_empty());
+        if !prepared.forwards.is_empty() || dvr_access {
             let ipv6 = prepared.forwards.iter().any(|f| f.forward.target.is_ipv6());
             self.backend.enable_forwarding(ipv6)?;
         }
+        // The rules first: an interface that comes up must already be isolated.
         self.backend.apply(&ruleset)?;
+        if let Some(cameras) = cameras {
+            self.backend.set_up_camera_interface(cameras)?;
+            tracing::info!(interface = %cameras.interface(), address = %cameras.address,
+                dvr_hosts = cameras.dvr_hosts.len(), "camera segment isolated");
+        }
         for forward in &prepared.forwards {
             tracing::info!(
                 forward = %forward.forward.name,

@@ -36,6 +36,9 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use crate::config::forward::{Forward, PortRange, Protocol};
 use crate::forward::stun;
 
+mod isolation;
+pub use isolation::{BAN_SETS, COUNTERS as ISOLATION_COUNTERS, Isolation};
+
 pub const TABLE: &str = "camgate";
 const GUARD: &str = "guard";
 const DNAT: &str = "dnat";
@@ -71,8 +74,13 @@ impl CounterNames {
     }
 }
 
-/// The whole batch for `forwards`; `allocate_rate` is per second and source.
-pub fn build(forwards: &[KernelForward], allocate_rate: u32) -> Nftables<'static> {
+/// The whole batch for `forwards` and, when interface roles are configured,
+/// `isolation`; `allocate_rate` is per second and source.
+pub fn build(
+    forwards: &[KernelForward],
+    allocate_rate: u32,
+    isolation: Option<&Isolation>,
+) -> Nftables<'static> {
     let mut batch = Batch::new();
     batch.add(NfListObject::Table(table()));
     batch.add_cmd(NfCmd::Flush(FlushObject::Table(table())));
@@ -83,14 +91,7 @@ pub fn build(forwards: &[KernelForward], allocate_rate: u32) -> Nftables<'static
             counters.extend([names.guard_dropped, names.allocate_limited]);
         }
         for name in counters {
-            batch.add(NfListObject::Counter(Counter {
-                family: NfFamily::INet,
-                table: TABLE.into(),
-                name: name.into(),
-                handle: None,
-                packets: None,
-                bytes: None,
-            }));
+            batch.add(counter(&name));
         }
     }
     batch.add(NfListObject::Chain(base_chain(
@@ -123,6 +124,9 @@ pub fn build(forwards: &[KernelForward], allocate_rate: u32) -> Nftables<'static
     )));
 
     batch.add(rule(FORWARD, vec![ct_state(&["invalid"]), Statement::Drop(None)]));
+    if let Some(isolation) = isolation {
+        isolation::add_front(&mut batch, isolation);
+    }
     for KernelForward { forward, masquerade } in forwards {
         let names = CounterNames::of(&forward.name);
         let to_listen = listen_match(forward);
@@ -531,6 +535,28 @@ fn allocate_meter(name: &str, family: &'static str, rate: u32) -> Statement<'sta
     })
 }
 
+fn counter(name: &str) -> NfListObject<'static> {
+    NfListObject::Counter(Counter {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: name.to_owned().into(),
+        handle: None,
+        packets: None,
+        bytes: None,
+    })
+}
+
+fn limit_per_second(rate: u32) -> Statement<'static> {
+    Statement::Limit(stmt::Limit {
+        rate,
+        rate_unit: None,
+        per: Some("second".into()),
+        burst: None,
+        burst_unit: None,
+        inv: None,
+    })
+}
+
 fn named_counter(name: &str) -> Statement<'static> {
     Statement::Counter(stmt::Counter::Named(Cow::Owned(name.to_owned())))
 }
@@ -548,7 +574,7 @@ fn goto(chain: &str) -> Statement<'static> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::forward::{ForwardMode, Masquerade};
 
@@ -581,7 +607,7 @@ mod tests {
 
     #[test]
     fn batch_flushes_only_camgates_table_and_keeps_counters() {
-        let json = serde_json::to_value(build(&agent_forwards(), 5)).unwrap();
+        let json = serde_json::to_value(build(&agent_forwards(), 5, None)).unwrap();
         if let Ok(path) = std::env::var("CAMGATE_DUMP_RULESET") {
             std::fs::write(path, json.to_string()).unwrap();
         }

@@ -1,0 +1,507 @@
+//! Pure: the camera segment's isolation and the admin listener's reach, as
+//! sets, chains and rules in the same batch as the forwards.
+//!
+//! - `input` (filter, input): packets from the camera NIC go to
+//!   `camera-in` (camgate's DHCP, DNS and NTP, discovery replies and ping;
+//!   nothing else); the admin listener's ports go to `admin-in` (the uplink's
+//!   LAN ranges only); banned sources are dropped.
+//! - `forward` (the forwards' chain, policy drop): anything leaving by the
+//!   camera NIC goes to `to-cameras` (DVR hosts, from the uplink, to the
+//!   camera ports, checked on every packet so a removed DVR loses an open
+//!   connection at once); anything entering from it to `from-cameras`
+//!   (answers on DVR connections; the rest is counted by kind and dropped).
+//! - `snat`: DVR connections are masqueraded, so cameras see camgate only.
+//!
+//! Static sets are re-filled on every apply (`flush table` keeps set
+//! elements, so they are flushed first); the ban sets are declared but never
+//! flushed: their timed entries outlive a reload.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use ipnet::IpNet;
+use nftables::batch::Batch;
+use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Prefix, SetItem};
+use nftables::schema::{Element, FlushObject, NfCmd, NfListObject, Set, SetFlag, SetType, SetTypeValue};
+use nftables::stmt::{Match, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+use super::{
+    FORWARD, SNAT, TABLE, base_chain, ct, ct_state, equals, field, jump, named_counter, regular_chain, rule,
+};
+use crate::config::network::Cameras;
+
+const INPUT: &str = "input";
+const CAMERA_IN: &str = "camera-in";
+const ADMIN_IN: &str = "admin-in";
+const TO_CAMERAS: &str = "to-cameras";
+const FROM_CAMERAS: &str = "from-cameras";
+
+/// Ports Mirai and its variants scan and report to (telnet, TR-069,
+/// Huawei HG532): an attempt means the camera is probably compromised.
+const MIRAI_PORTS: [u16; 5] = [23, 2323, 7547, 37215, 48101];
+/// PPPP/CS2 "P2P cloud" registration and LAN search.
+const P2P_CLOUD_PORTS: [u16; 2] = [32100, 32108];
+
+/// Named counters of the isolation rules, shown in status.
+pub const COUNTERS: [&str; 7] = [
+    "camera-in-dropped",
+    "camera-mirai",
+    "camera-p2p-cloud",
+    "camera-egress",
+    "to-cameras-dropped",
+    "admin-dropped",
+    "banned-dropped",
+];
+
+/// The ban sets: timed entries added by camgate (the proxy's brute-force
+/// guard), kept across reloads.
+pub const BAN_SETS: [(&str, SetType); 2] = [("banned4", SetType::Ipv4Addr), ("banned6", SetType::Ipv6Addr)];
+
+/// What the isolation rules need, resolved: LAN ranges read from the uplink
+/// when the config names none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Isolation {
+    pub uplink: String,
+    pub lan: Vec<IpNet>,
+    /// The admin listener's ports on non-loopback addresses.
+    pub admin_ports: Vec<u16>,
+    pub cameras: Option<Cameras>,
+}
+
+/// Sets, counters and the `input` chain with its sub-chains; call before
+/// the forward rules so the camera jumps come first in `forward`.
+pub(super) fn add_front(batch: &mut Batch<'static>, isolation: &Isolation) {
+    for name in COUNTERS {
+        batch.add(super::counter(name));
+    }
+    let (lan4, lan6): (Vec<IpNet>, Vec<IpNet>) =
+        isolation.lan.iter().partition(|net| matches!(net, IpNet::V4(_)));
+    static_set(
+        batch,
+        "lan4",
+        SetType::Ipv4Addr,
+        true,
+        lan4.into_iter().map(prefix).collect(),
+    );
+    static_set(
+        batch,
+        "lan6",
+        SetType::Ipv6Addr,
+        true,
+        lan6.into_iter().map(prefix).collect(),
+    );
+    for (name, kind) in BAN_SETS {
+        batch.add(NfListObject::Set(Box::new(Set {
+            flags: Some(HashSet::from([SetFlag::Timeout])),
+            ..set(name, kind)
+        })));
+    }
+
+    batch.add(NfListObject::Chain(base_chain(
+        INPUT,
+        NfChainType::Filter,
+        NfHook::Input,
+        0,
+        NfChainPolicy::Accept,
+    )));
+    for chain in [CAMERA_IN, ADMIN_IN, TO_CAMERAS, FROM_CAMERAS] {
+        batch.add(NfListObject::Chain(regular_chain(chain)));
+    }
+    if let Some(cameras) = &isolation.cameras {
+        camera_sets(batch, cameras);
+        camera_in(batch, cameras);
+        let interface = cameras.interface();
+        batch.add(rule(
+            FORWARD,
+            vec![interface_is(MetaKey::Oifname, &interface), jump(TO_CAMERAS)],
+        ));
+        batch.add(rule(
+            FORWARD,
+            vec![interface_is(MetaKey::Iifname, &interface), jump(FROM_CAMERAS)],
+        ));
+        to_cameras(batch, &isolation.uplink);
+        from_cameras(batch);
+        batch.add(rule(
+            SNAT,
+            vec![
+                interface_is(MetaKey::Oifname, &interface),
+                in_set(field("ip", "saddr"), "dvr-hosts"),
+                Statement::Masquerade(None),
+            ],
+        ));
+    }
+    for (family, set) in [("ip", "banned4"), ("ip6", "banned6")] {
+        batch.add(rule(
+            INPUT,
+            vec![
+                in_set(field(family, "saddr"), set),
+                named_counter("banned-dropped"),
+                Statement::Drop(None),
+            ],
+        ));
+    }
+    if !isolation.admin_ports.is_empty() {
+        batch.add(rule(
+            INPUT,
+            vec![
+                equals(field("tcp", "dport"), ports(&isolation.admin_ports)),
+                jump(ADMIN_IN),
+            ],
+        ));
+        batch.add(rule(
+            ADMIN_IN,
+            vec![interface_is(MetaKey::Iifname, "lo"), Statement::Accept(None)],
+        ));
+        for (family, set) in [("ip", "lan4"), ("ip6", "lan6")] {
+            batch.add(rule(
+                ADMIN_IN,
+                vec![
+                    interface_is(MetaKey::Iifname, &isolation.uplink),
+                    in_set(field(family, "saddr"), set),
+                    Statement::Accept(None),
+                ],
+            ));
+        }
+        batch.add(rule(
+            ADMIN_IN,
+            vec![named_counter("admin-dropped"), Statement::Drop(None)],
+        ));
+    }
+}
+
+fn camera_sets(batch: &mut Batch<'static>, cameras: &Cameras) {
+    static_set(
+        batch,
+        "cameras",
+        SetType::Ipv4Addr,
+        true,
+        vec![prefix(IpNet::V4(cameras.subnet()))],
+    );
+    static_set(
+        batch,
+        "dvr-hosts",
+        SetType::Ipv4Addr,
+        true,
+        cameras
+            .dvr_hosts
+            .iter()
+            .map(|&host| prefix(IpNet::V4(host)))
+            .collect(),
+    );
+    static_set(
+        batch,
+        "camera-ports",
+        SetType::InetService,
+        false,
+        numbers(&cameras.ports),
+    );
+    static_set(
+        batch,
+        "mirai-ports",
+        SetType::InetService,
+        false,
+        numbers(&MIRAI_PORTS),
+    );
+    static_set(
+        batch,
+        "p2p-cloud-ports",
+        SetType::InetService,
+        false,
+        numbers(&P2P_CLOUD_PORTS),
+    );
+}
+
+/// What cameras may send to camgate itself.
+fn camera_in(batch: &mut Batch<'static>, cameras: &Cameras) {
+    batch.add(rule(
+        INPUT,
+        vec![
+            interface_is(MetaKey::Iifname, &cameras.interface()),
+            jump(CAMERA_IN),
+        ],
+    ));
+    batch.add(rule(
+        CAMERA_IN,
+        vec![ct_state(&["established", "related"]), Statement::Accept(None)],
+    ));
+    // DHCP discovery comes from 0.0.0.0, before the camera has an address.
+    batch.add(rule(
+        CAMERA_IN,
+        vec![
+            equals(field("udp", "dport"), Expression::Number(67)),
+            Statement::Accept(None),
+        ],
+    ));
+    let from_camera = in_set(field("ip", "saddr"), "cameras");
+    for (protocol, port_field, services) in [
+        ("udp", "dport", &[53, 123][..]),
+        ("tcp", "dport", &[53][..]),
+        ("udp", "sport", &[3702][..]),
+    ] {
+        // 3702 as source: WS-Discovery ProbeMatches answer camgate's probe by unicast,
+        // which conntrack does not tie to the multicast probe.
+        batch.add(rule(
+            CAMERA_IN,
+            vec![
+                from_camera.clone(),
+                equals(field(protocol, port_field), ports(services)),
+                Statement::Accept(None),
+            ],
+        ));
+    }
+    batch.add(rule(
+        CAMERA_IN,
+        vec![
+            from_camera,
+            equals(field("icmp", "type"), Expression::String("echo-request".into())),
+            super::limit_per_second(5),
+            Statement::Accept(None),
+        ],
+    ));
+    batch.add(rule(
+        CAMERA_IN,
+        vec![named_counter("camera-in-dropped"), Statement::Drop(None)],
+    ));
+}
+
+/// DVR hosts on the uplink to the camera ports; every packet is checked, not
+/// only new connections.
+fn to_cameras(batch: &mut Batch<'static>, uplink: &str) {
+    batch.add(rule(
+        TO_CAMERAS,
+        vec![
+            interface_is(MetaKey::Iifname, uplink),
+            in_set(field("ip", "saddr"), "dvr-hosts"),
+            in_set(field("ip", "daddr"), "cameras"),
+            in_set(field("tcp", "dport"), "camera-ports"),
+            Statement::Accept(None),
+        ],
+    ));
+    batch.add(rule(
+        TO_CAMERAS,
+        vec![named_counter("to-cameras-dropped"), Statement::Drop(None)],
+    ));
+}
+
+/// Cameras start nothing: only their answers on DVR connections pass.
+fn from_cameras(batch: &mut Batch<'static>) {
+    batch.add(rule(
+        FROM_CAMERAS,
+        vec![
+            equals(ct("direction"), Expression::String("reply".into())),
+            ct_state(&["established"]),
+            in_set(field("ip", "daddr"), "dvr-hosts"),
+            Statement::Accept(None),
+        ],
+    ));
+    for (protocol, set, counter) in [
+        ("tcp", "mirai-ports", "camera-mirai"),
+        ("udp", "p2p-cloud-ports", "camera-p2p-cloud"),
+    ] {
+        batch.add(rule(
+            FROM_CAMERAS,
+            vec![
+                in_set(field(protocol, "dport"), set),
+                named_counter(counter),
+                Statement::Drop(None),
+            ],
+        ));
+    }
+    batch.add(rule(
+        FROM_CAMERAS,
+        vec![named_counter("camera-egress"), Statement::Drop(None)],
+    ));
+}
+
+fn set(name: &'static str, kind: SetType) -> Set<'static> {
+    Set {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: name.into(),
+        handle: None,
+        set_type: SetTypeValue::Single(kind),
+        policy: None,
+        flags: None,
+        elem: None,
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    }
+}
+
+/// Declares the set, empties it and fills it with `elements`.
+fn static_set(
+    batch: &mut Batch<'static>,
+    name: &'static str,
+    kind: SetType,
+    interval: bool,
+    elements: Vec<Expression<'static>>,
+) {
+    let declared = Set {
+        flags: interval.then(|| HashSet::from([SetFlag::Interval])),
+        ..set(name, kind)
+    };
+    batch.add(NfListObject::Set(Box::new(declared.clone())));
+    batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(declared))));
+    if !elements.is_empty() {
+        batch.add(NfListObject::Element(Element {
+            family: NfFamily::INet,
+            table: TABLE.into(),
+            name: name.into(),
+            elem: Cow::Owned(elements),
+        }));
+    }
+}
+
+fn prefix(net: IpNet) -> Expression<'static> {
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(Expression::String(net.network().to_string().into())),
+        len: u32::from(net.prefix_len()),
+    }))
+}
+
+fn numbers(ports: &[u16]) -> Vec<Expression<'static>> {
+    ports
+        .iter()
+        .map(|&port| Expression::Number(port.into()))
+        .collect()
+}
+
+/// One port, or an anonymous set of them.
+fn ports(ports: &[u16]) -> Expression<'static> {
+    match ports {
+        [port] => Expression::Number((*port).into()),
+        _ => Expression::Named(NamedExpression::Set(
+            ports
+                .iter()
+                .map(|&port| SetItem::Element(Expression::Number(port.into())))
+                .collect(),
+        )),
+    }
+}
+
+fn in_set(left: Expression<'static>, set: &str) -> Statement<'static> {
+    equals(left, Expression::String(format!("@{set}").into()))
+}
+
+fn interface_is(key: MetaKey, name: &str) -> Statement<'static> {
+    Statement::Match(Match {
+        left: Expression::Named(NamedExpression::Meta(Meta { key })),
+        right: Expression::String(name.to_owned().into()),
+        op: Operator::EQ,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::build;
+    use super::*;
+    use crate::firewall::ruleset::tests::agent_forwards;
+
+    pub(crate) fn isolation() -> Isolation {
+        Isolation {
+            uplink: "lan0".to_owned(),
+            lan: vec!["192.168.1.0/24".parse().unwrap(), "fd00:1::/64".parse().unwrap()],
+            admin_ports: vec![8080],
+            cameras: Some(Cameras {
+                parent: "cam0".to_owned(),
+                vlan: None,
+                address: "10.77.0.1/24".parse().unwrap(),
+                dvr_hosts: vec!["192.168.1.50/32".parse().unwrap()],
+                ports: vec![554, 8554],
+            }),
+        }
+    }
+
+    /// The commands of the batch as JSON values.
+    fn commands(isolation: &Isolation) -> Vec<serde_json::Value> {
+        let json = serde_json::to_value(build(&agent_forwards(), 5, Some(isolation))).unwrap();
+        json["nftables"].as_array().unwrap().clone()
+    }
+
+    fn rules_of<'a>(commands: &'a [serde_json::Value], chain: &str) -> Vec<&'a serde_json::Value> {
+        commands
+            .iter()
+            .filter_map(|c| c["add"]["rule"].as_object().map(|_| &c["add"]["rule"]))
+            .filter(|r| r["chain"] == chain)
+            .collect()
+    }
+
+    #[test]
+    fn static_sets_are_refilled_and_ban_sets_only_declared() {
+        let commands = commands(&isolation());
+        let position = |pred: &dyn Fn(&serde_json::Value) -> bool| commands.iter().position(pred);
+        for set in ["lan4", "lan6", "cameras", "dvr-hosts", "camera-ports"] {
+            let declared =
+                position(&|c| c["add"]["set"]["name"] == set).unwrap_or_else(|| panic!("{set} declared"));
+            let flushed =
+                position(&|c| c["flush"]["set"]["name"] == set).unwrap_or_else(|| panic!("{set} flushed"));
+            let filled =
+                position(&|c| c["add"]["element"]["name"] == set).unwrap_or_else(|| panic!("{set} filled"));
+            assert!(
+                declared < flushed && flushed < filled,
+                "{set}: declare, flush, fill"
+            );
+        }
+        for (set, _) in BAN_SETS {
+            assert!(
+                position(&|c| c["add"]["set"]["name"] == set).is_some(),
+                "{set} declared"
+            );
+            assert!(
+                position(&|c| c["flush"]["set"]["name"] == set).is_none(),
+                "{set} keeps its bans"
+            );
+        }
+        let dvr = &commands[position(&|c| c["add"]["element"]["name"] == "dvr-hosts").unwrap()];
+        assert_eq!(dvr["add"]["element"]["elem"][0]["prefix"]["addr"], "192.168.1.50");
+    }
+
+    #[test]
+    fn camera_jumps_come_before_the_forwards_and_masquerade_dvr_flows() {
+        let commands = commands(&isolation());
+        let forward = rules_of(&commands, "forward");
+        let text: Vec<String> = forward.iter().map(|r| r["expr"].to_string()).collect();
+        assert!(text[0].contains("invalid"), "invalid first: {}", text[0]);
+        assert!(
+            text[1].contains("oifname") && text[1].contains("to-cameras"),
+            "{}",
+            text[1]
+        );
+        assert!(
+            text[2].contains("iifname") && text[2].contains("from-cameras"),
+            "{}",
+            text[2]
+        );
+        let to_cameras = rules_of(&commands, "to-cameras");
+        assert_eq!(to_cameras.len(), 2);
+        for needle in ["lan0", "@dvr-hosts", "@cameras", "@camera-ports"] {
+            assert!(to_cameras[0]["expr"].to_string().contains(needle), "{needle}");
+        }
+        let snat = rules_of(&commands, "snat");
+        assert!(snat.iter().any(|r| {
+            let text = r["expr"].to_string();
+            text.contains("cam0") && text.contains("@dvr-hosts") && text.contains("masquerade")
+        }));
+        let last = rules_of(&commands, "from-cameras").last().unwrap()["expr"].to_string();
+        assert!(last.contains("camera-egress") && last.contains("drop"), "{last}");
+    }
+
+    #[test]
+    fn without_cameras_only_the_admin_rules_and_ban_sets() {
+        let commands = commands(&Isolation {
+            cameras: None,
+            admin_ports: vec![],
+            ..isolation()
+        });
+        assert!(rules_of(&commands, "camera-in").is_empty());
+        assert!(rules_of(&commands, "to-cameras").is_empty());
+        assert!(
+            rules_of(&commands, "admin-in").is_empty(),
+            "no admin port off loopback"
+        );
+        assert_eq!(rules_of(&commands, "input").len(), 2, "the two ban rules");
+    }
+}

@@ -1,0 +1,360 @@
+//! Camera isolation on camgate's second NIC, with real traffic between
+//! namespaces:
+//!
+//! ```text
+//!  wan 10.79.9.2 ── home router (.1 | 192.168.77.254) ── lan switch ── camgate uplink 192.168.77.2
+//!                                                            ├── dvr   192.168.77.50
+//!                                                            └── other 192.168.77.60
+//!  camgate cameras NIC (10.77.0.1, set by camgate) ── camera switch ── cam 10.77.0.11
+//!                                                                   └── bad 10.77.0.66
+//! ```
+//!
+//! Every LAN host, the home router and the WAN host route the camera subnet
+//! to camgate, so only camgate's policy keeps them apart. Recorders (nft
+//! counters in the targets' namespaces) prove what arrives.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::time::Duration;
+
+use camgate_tests::camgate::{Camgate, Launch};
+use camgate_tests::netns::{Netns, Topology, switch_port};
+use camgate_tests::nft::Recorder;
+use camgate_tests::process::require_binary;
+
+const PROBE_TCP: [u16; 5] = [80, 443, 23, 2323, 7547];
+const PROBE_UDP: [u16; 4] = [53, 123, 32100, 32108];
+
+fn topology() -> Topology {
+    Topology::builder("iso")
+        .switch(
+            "lansw",
+            &[
+                ("gw", "192.168.77.2/24"),
+                ("dvr", "192.168.77.50/24"),
+                ("other", "192.168.77.60/24"),
+                ("home", "192.168.77.254/24"),
+            ],
+        )
+        // camgate replaces this placeholder with `cameras.address`.
+        .switch(
+            "camsw",
+            &[
+                ("gw", "10.77.0.254/24"),
+                ("cam", "10.77.0.11/24"),
+                ("bad", "10.77.0.66/24"),
+            ],
+        )
+        .link(("home", "10.79.9.1/24"), ("wan", "10.79.9.2/24"))
+        .route("wan", "default", "10.79.9.1")
+        .route("gw", "default", "192.168.77.254")
+        .route("home", "10.77.0.0/24", "192.168.77.2")
+        .route("dvr", "default", "192.168.77.254")
+        .route("dvr", "10.77.0.0/24", "192.168.77.2")
+        .route("other", "default", "192.168.77.254")
+        .route("other", "10.77.0.0/24", "192.168.77.2")
+        .route("cam", "default", "10.77.0.1")
+        .route("bad", "default", "10.77.0.1")
+        .sysctl("home", "net.ipv4.ip_forward", "1")
+        .build()
+}
+
+fn config(state: &Path, dvr_hosts: &str) -> String {
+    format!(
+        "[daemon]\nmode = \"appliance\"\nstate_dir = \"{}\"\nlog = \"info,camgate=debug\"\n\
+         [admin]\nlisten = [\"0.0.0.0:8080\"]\n\
+         [network]\nuplink = \"{uplink}\"\n\
+         [cameras]\ninterface = \"{cameras}\"\naddress = \"10.77.0.1/24\"\ndvr_hosts = [{dvr_hosts}]\nports = [554, 80]\n",
+        state.display(),
+        uplink = switch_port("lansw"),
+        cameras = switch_port("camsw"),
+    )
+}
+
+/// A camera's RTSP port: tells each client the address it sees, then echoes
+/// lines.
+fn camera_service(cam: &Netns, address: &str) {
+    let listener = cam.run(|| TcpListener::bind(address).unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let peer = stream.peer_addr().unwrap().ip();
+                let mut writer = stream.try_clone().unwrap();
+                writeln!(writer, "peer {peer}").unwrap();
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if writeln!(writer, "{line}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn connect(ns: &Netns, target: &str) -> std::io::Result<TcpStream> {
+    let target: SocketAddr = target.parse().unwrap();
+    ns.run(|| TcpStream::connect_timeout(&target, Duration::from_millis(700)))
+}
+
+fn read_line(stream: &TcpStream) -> std::io::Result<String> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line.trim_end().to_owned())
+}
+
+fn ping(ns: &Netns, target: &str) -> bool {
+    ns.command(require_binary("ping", "iputils-ping"))
+        .args(["-c", "1", "-W", "1", target])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn counter(gw: &Netns, name: &str) -> u64 {
+    let output = gw
+        .command("nft")
+        .args(["-j", "list", "counter", "inet", "camgate", name])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    json["nftables"][1]["counter"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("counter {name}: {json}"))
+}
+
+/// Everything a hostile camera tries: TCP to telnet/web/TR-069 ports, UDP
+/// to DNS/NTP/P2P-cloud ports, ping, and IPv6, to each target.
+fn attack_from(bad: &Netns, targets: &[&str]) {
+    for target in targets {
+        for port in PROBE_TCP {
+            assert!(
+                connect(bad, &format!("{target}:{port}")).is_err(),
+                "bad camera reached {target}:{port}"
+            );
+        }
+        let socket = bad.run(|| UdpSocket::bind("10.77.0.66:0").unwrap());
+        for port in PROBE_UDP {
+            // An error (no route) is fine too: the point is what arrives.
+            let _ = socket.send_to(b"\xf1\x00\x00\x00phone home", format!("{target}:{port}"));
+        }
+        assert!(!ping(bad, target), "bad camera pinged {target}");
+    }
+}
+
+#[test]
+fn cameras_reach_nothing_and_only_dvr_hosts_reach_cameras() {
+    let net = topology();
+    let (gw, cam, bad) = (net.ns("gw"), net.ns("cam"), net.ns("bad"));
+    let (dvr, other, home, wan) = (net.ns("dvr"), net.ns("other"), net.ns("home"), net.ns("wan"));
+    // A camera trying IPv6 as well: an address and a route towards camgate.
+    bad.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd77:1::66/64",
+        "dev",
+        &switch_port("camsw"),
+        "nodad",
+    ]);
+    bad.ip(&["-6", "route", "add", "default", "via", "fd77:1::1"]);
+    gw.ip(&["-4", "addr", "flush", "dev", &switch_port("camsw")]);
+
+    let recorders: Vec<(&str, Recorder<'_>)> = [("dvr", dvr), ("other", other), ("home", home), ("wan", wan)]
+        .into_iter()
+        .map(|(name, ns)| {
+            (
+                name,
+                Recorder::install(
+                    ns,
+                    &[
+                        "ip saddr 10.77.0.0/24",
+                        "ip6 saddr fd77:1::/64",
+                        "ip saddr 192.168.77.2 udp dport { 53, 123, 32100, 32108 }",
+                    ],
+                ),
+            )
+        })
+        .collect();
+    camera_service(cam, "10.77.0.11:554");
+    camera_service(cam, "10.77.0.11:23");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut camgate = Camgate::start(Launch {
+        netns: Some(gw),
+        config: Some(config(&dir.path().join("state"), "\"192.168.77.50\"")),
+        env: Vec::new(),
+    });
+
+    // camgate set up its camera NIC: its address, and no IPv6 on it.
+    let addresses = String::from_utf8(
+        gw.ip(&["-j", "addr", "show", "dev", &switch_port("camsw")])
+            .stdout,
+    )
+    .unwrap();
+    assert!(addresses.contains("\"10.77.0.1\""), "{addresses}");
+    assert!(
+        !addresses.contains("inet6"),
+        "IPv6 stays off on the camera NIC: {addresses}"
+    );
+
+    // Cameras may ping camgate (and so the probes below can fail only by policy).
+    assert!(ping(cam, "10.77.0.1"), "a camera cannot ping camgate");
+
+    // The DVR opens RTSP on a camera; the camera sees camgate, not the DVR.
+    let rtsp = connect(dvr, "10.77.0.11:554").expect("the DVR reaches the camera's RTSP port");
+    assert_eq!(read_line(&rtsp).unwrap(), "peer 10.77.0.1");
+    writeln!(&rtsp, "OPTIONS").unwrap();
+    assert_eq!(read_line(&rtsp).unwrap(), "OPTIONS");
+    // Not a camera port, even for the DVR; nothing for anyone else.
+    assert!(
+        connect(dvr, "10.77.0.11:23").is_err(),
+        "DVR reached a port not in cameras.ports"
+    );
+    assert!(
+        connect(other, "10.77.0.11:554").is_err(),
+        "a non-DVR LAN host reached a camera"
+    );
+    assert!(
+        connect(wan, "10.77.0.11:554").is_err(),
+        "the WAN reached a camera"
+    );
+    assert!(!ping(other, "10.77.0.11"), "a non-DVR LAN host pinged a camera");
+    assert!(counter(gw, "to-cameras-dropped") >= 3);
+
+    // The hostile camera: nothing it sends arrives anywhere (the DVR's
+    // recorder has the RTSP answers so far), and camgate counts it by kind.
+    let before: Vec<u64> = recorders.iter().map(|(_, recorder)| recorder.packets()).collect();
+    attack_from(
+        bad,
+        &["192.168.77.50", "192.168.77.60", "192.168.77.254", "10.79.9.2"],
+    );
+    assert!(
+        !bad.command("ping")
+            .args(["-6", "-c", "1", "-W", "1", "fd77:9::2"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    // camgate itself: not its admin listener, not its other ports.
+    assert!(
+        connect(bad, "10.77.0.1:8080").is_err(),
+        "a camera reached the admin listener"
+    );
+    assert!(
+        connect(bad, "192.168.77.2:8080").is_err(),
+        "a camera reached the admin listener on the uplink address"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    for ((name, recorder), before) in recorders.iter().zip(before) {
+        assert_eq!(recorder.packets(), before, "camera traffic arrived at {name}");
+    }
+    assert!(
+        counter(gw, "camera-mirai") >= 4 * 3,
+        "telnet, 2323 and 7547 to 4 hosts"
+    );
+    assert!(counter(gw, "camera-p2p-cloud") >= 4 * 2);
+    assert!(
+        counter(gw, "camera-egress") >= 4 * 4,
+        "80, 443, DNS, NTP and ping to 4 hosts"
+    );
+    assert!(counter(gw, "camera-in-dropped") >= 1);
+
+    // The admin listener: the LAN yes, the internet no.
+    assert!(
+        connect(other, "192.168.77.2:8080").is_ok(),
+        "the LAN reaches the admin listener"
+    );
+    let admin_dropped = counter(gw, "admin-dropped");
+    assert!(
+        connect(wan, "192.168.77.2:8080").is_err(),
+        "the WAN reached the admin listener"
+    );
+    assert!(counter(gw, "admin-dropped") > admin_dropped);
+
+    // A ban (as the proxy's brute-force guard will add) holds across a
+    // reload; a DVR host removed by the reload loses its open connection at
+    // once.
+    gw.command("nft")
+        .args([
+            "add",
+            "element",
+            "inet",
+            "camgate",
+            "banned4",
+            "{ 192.168.77.60 timeout 1h }",
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        connect(other, "192.168.77.2:8080").is_err(),
+        "a banned host reached camgate"
+    );
+    camgate.write_config(&config(&dir.path().join("state"), ""));
+    let ready = camgate.reload();
+    assert!(ready.contains("generation 2"), "{ready}\n{}", camgate.stderr());
+    std::thread::sleep(Duration::from_millis(300));
+    let bans = String::from_utf8(
+        gw.command("nft")
+            .args(["list", "set", "inet", "camgate", "banned4"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        bans.contains("192.168.77.60"),
+        "the ban was lost in the reload: {bans}"
+    );
+    assert!(
+        connect(other, "192.168.77.2:8080").is_err(),
+        "a banned host reached camgate after the reload"
+    );
+    writeln!(&rtsp, "still there?").unwrap();
+    assert!(
+        read_line(&rtsp).is_err(),
+        "a removed DVR host kept its connection to the camera"
+    );
+    assert!(
+        connect(dvr, "10.77.0.11:554").is_err(),
+        "a removed DVR host reached a camera"
+    );
+}
+
+#[test]
+fn a_camera_subnet_overlapping_the_uplink_exposes_nothing() {
+    let net = Topology::builder("isx")
+        .switch("lansw", &[("gw", "10.77.0.2/24"), ("dvr", "10.77.0.50/24")])
+        .switch("camsw", &[("gw", "192.0.2.254/24"), ("cam", "192.0.2.11/24")])
+        .build();
+    let gw = net.ns("gw");
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("camgate.toml");
+    std::fs::write(&config_path, config(&dir.path().join("state"), "")).unwrap();
+    let output = gw
+        .command(camgate_tests::camgate::binary())
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "camgate started: {stderr}");
+    assert!(
+        stderr.contains("the camera subnet 10.77.0.0/24 overlaps") && stderr.contains("10.77.0.0/24"),
+        "{stderr}"
+    );
+    // Fail closed: no table and no listener were left behind.
+    let tables = String::from_utf8(
+        gw.command("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(!tables.contains("camgate"), "{tables}");
+    assert!(connect(net.ns("dvr"), "10.77.0.2:8080").is_err());
+}
