@@ -2,7 +2,7 @@
 //! namespaces:
 //!
 //! ```text
-//!  wan 10.79.9.2 ── home router (.1 | 192.168.77.254) ── lan switch ── camgate uplink 192.168.77.2
+//!  wan 203.0.113.2 ── home router (.1 | 192.168.77.254) ── lan switch ── camgate uplink 192.168.77.2
 //!                                                            ├── dvr   192.168.77.50
 //!                                                            └── other 192.168.77.60
 //!  camgate cameras NIC (10.77.0.1, set by camgate) ── camera switch ── cam 10.77.0.11
@@ -19,9 +19,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use camgate_tests::camgate::{Camgate, Launch};
+use camgate_tests::lab::{basic, hash_password};
 use camgate_tests::netns::{Netns, Topology, switch_port};
 use camgate_tests::nft::Recorder;
-use camgate_tests::process::require_binary;
+use camgate_tests::process::{require_binary, wait_until};
+use camgate_tests::tls::{TlsClient, get_request_with};
 
 const PROBE_TCP: [u16; 5] = [80, 443, 23, 2323, 7547];
 const PROBE_UDP: [u16; 4] = [53, 123, 32100, 32108];
@@ -46,8 +48,8 @@ fn topology() -> Topology {
                 ("bad", "10.77.0.66/24"),
             ],
         )
-        .link(("home", "10.79.9.1/24"), ("wan", "10.79.9.2/24"))
-        .route("wan", "default", "10.79.9.1")
+        .link(("home", "203.0.113.1/24"), ("wan", "203.0.113.2/24"))
+        .route("wan", "default", "203.0.113.1")
         .route("gw", "default", "192.168.77.254")
         .route("home", "10.77.0.0/24", "192.168.77.2")
         .route("dvr", "default", "192.168.77.254")
@@ -60,10 +62,22 @@ fn topology() -> Topology {
         .build()
 }
 
-fn config(state: &Path, dvr_hosts: &str) -> String {
+/// A DVR site whose API needs a user (alice), with bans after 3 failures.
+fn site() -> String {
+    let hash = hash_password("correct horse");
+    format!(
+        "[[site]]\nname = \"agentdvr\"\nhosts = [\"{HOST}\"]\nupstream = \"http://192.168.77.50:8090\"\n\
+         profile = \"agentdvr\"\nforwards = false\n[[user]]\nname = \"alice\"\npassword_hash = \"{hash}\"\n\
+         [auth]\nban_after_failures = 3\n"
+    )
+}
+
+const HOST: &str = "agentdvr.test";
+
+fn config(state: &Path, dvr_hosts: &str, site: &str) -> String {
     format!(
         "[daemon]\nmode = \"appliance\"\nstate_dir = \"{}\"\nlog = \"info,camgate=debug\"\n\
-         [admin]\nlisten = [\"0.0.0.0:8080\"]\n\
+         [admin]\nlisten = [\"0.0.0.0:8080\"]\n{site}\
          [network]\nuplink = \"{uplink}\"\n\
          [cameras]\ninterface = \"{cameras}\"\naddress = \"10.77.0.1/24\"\ndvr_hosts = [{dvr_hosts}]\nports = [554, 80]\n",
         state.display(),
@@ -182,9 +196,10 @@ fn cameras_reach_nothing_and_only_dvr_hosts_reach_cameras() {
     camera_service(cam, "10.77.0.11:23");
 
     let dir = tempfile::tempdir().unwrap();
+    let site = site();
     let mut camgate = Camgate::start(Launch {
         netns: Some(gw),
-        config: Some(config(&dir.path().join("state"), "\"192.168.77.50\"")),
+        config: Some(config(&dir.path().join("state"), "\"192.168.77.50\"", &site)),
         env: Vec::new(),
     });
 
@@ -229,11 +244,11 @@ fn cameras_reach_nothing_and_only_dvr_hosts_reach_cameras() {
     let before: Vec<u64> = recorders.iter().map(|(_, recorder)| recorder.packets()).collect();
     attack_from(
         bad,
-        &["192.168.77.50", "192.168.77.60", "192.168.77.254", "10.79.9.2"],
+        &["192.168.77.50", "192.168.77.60", "192.168.77.254", "203.0.113.2"],
     );
     assert!(
         !bad.command("ping")
-            .args(["-6", "-c", "1", "-W", "1", "fd77:9::2"])
+            .args(["-6", "-c", "1", "-W", "1", "2001:db8:9::2"])
             .output()
             .unwrap()
             .status
@@ -275,28 +290,39 @@ fn cameras_reach_nothing_and_only_dvr_hosts_reach_cameras() {
     );
     assert!(counter(gw, "admin-dropped") > admin_dropped);
 
-    // A ban (as the proxy's brute-force guard will add) holds across a
-    // reload; a DVR host removed by the reload loses its open connection at
-    // once.
-    gw.command("nft")
-        .args([
-            "add",
-            "element",
-            "inet",
-            "camgate",
-            "banned4",
-            "{ 192.168.77.60 timeout 1h }",
-        ])
-        .status()
-        .unwrap();
-    assert!(
-        connect(other, "192.168.77.2:8080").is_err(),
-        "a banned host reached camgate"
+    // The proxy's brute-force guard bans an internet host that guesses
+    // passwords (the LAN needs none for the API): the firewall then drops
+    // it before any listener sees it, and the ban holds across a reload. A
+    // reload that removes the DVR host cuts its open connection at once.
+    let tls = TlsClient::trusting(
+        &[&camgate::tls::self_signed_certificate_path(
+            &dir.path().join("state"),
+        )],
+        &[b"http/1.1"],
     );
-    camgate.write_config(&config(&dir.path().join("state"), ""));
+    let https: SocketAddr = "192.168.77.2:443".parse().unwrap();
+    let statuses: Vec<u16> = (0..3)
+        .map(|i| {
+            let request = get_request_with("/grab.jpg", HOST, &format!("guess{i}"), &basic("alice", "guess"));
+            tls.exchange(wan, https, HOST, &request).status()
+        })
+        .collect();
+    assert_eq!(statuses, [401, 401, 429]);
+    wait_until("the ban in the firewall", Duration::from_secs(5), || {
+        connect(wan, "192.168.77.2:443").is_err().then_some(())
+    });
+    assert!(
+        connect(wan, "192.168.77.2:80").is_err(),
+        "a banned host reached the HTTP listener"
+    );
+    assert!(
+        connect(other, "192.168.77.2:443").is_ok(),
+        "the ban hit another host"
+    );
+    assert!(counter(gw, "banned-dropped") >= 2);
+    camgate.write_config(&config(&dir.path().join("state"), "", &site));
     let ready = camgate.reload();
     assert!(ready.contains("generation 2"), "{ready}\n{}", camgate.stderr());
-    std::thread::sleep(Duration::from_millis(300));
     let bans = String::from_utf8(
         gw.command("nft")
             .args(["list", "set", "inet", "camgate", "banned4"])
@@ -306,11 +332,11 @@ fn cameras_reach_nothing_and_only_dvr_hosts_reach_cameras() {
     )
     .unwrap();
     assert!(
-        bans.contains("192.168.77.60"),
+        bans.contains("203.0.113.2"),
         "the ban was lost in the reload: {bans}"
     );
     assert!(
-        connect(other, "192.168.77.2:8080").is_err(),
+        connect(wan, "192.168.77.2:443").is_err(),
         "a banned host reached camgate after the reload"
     );
     writeln!(&rtsp, "still there?").unwrap();
@@ -333,7 +359,7 @@ fn a_camera_subnet_overlapping_the_uplink_exposes_nothing() {
     let gw = net.ns("gw");
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("camgate.toml");
-    std::fs::write(&config_path, config(&dir.path().join("state"), "")).unwrap();
+    std::fs::write(&config_path, config(&dir.path().join("state"), "", "")).unwrap();
     let output = gw
         .command(camgate_tests::camgate::binary())
         .args(["run", "--config"])

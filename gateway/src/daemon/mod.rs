@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::acme::AcmeService;
 use crate::acme::ca::CaError;
 use crate::admin::{self, AdminServer, AppState, Metrics};
-use crate::auth::{AuthShared, NoSink, Sessions};
+use crate::auth::{AuthShared, Sessions};
 use crate::clock::{unix_now, unix_now_f64};
 use crate::config::{Config, ConfigError, ConfigSource, Loaded, Mode};
 use crate::firewall::{Firewall, FirewallError, Nft};
@@ -237,11 +237,11 @@ impl Daemon {
             system_changes: system_changes(&config),
             subsystems: Vec::new(),
         });
-        // The firewall's ban set plugs in here once camgate manages nftables.
+        // Bans also go into the firewall's ban sets (appliance mode).
         let auth = Arc::new(AuthShared::new(
             &config.auth,
             Sessions::load(config.daemon.state_dir.join(SESSIONS_FILE)),
-            Box::new(NoSink),
+            firewall.ban_sink(),
         ));
         drain.spawn(Arc::clone(&auth).keep_sessions_saved(drain.clone()));
         let challenges = Arc::default();

@@ -18,13 +18,15 @@ use std::collections::hash_map::Entry;
 use std::fmt;
 use std::net::IpAddr;
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::time::SystemTime;
 
 use ipnet::{IpNet, Ipv4Net};
 use nftables::helper::{self, NftablesError};
 use nftables::schema::Nftables;
 use serde::Serialize;
 
+use crate::auth::{BanSink, NoSink};
 use crate::config::Config;
 use crate::config::forward::{ForwardMode, Masquerade};
 use crate::config::network::{Cameras, Network};
@@ -259,6 +261,30 @@ fn ip_json(args: &[&str]) -> Result<Vec<serde_json::Value>, String> {
     serde_json::from_str(&text).map_err(|e| format!("unreadable output of ip {}: {e}", args.join(" ")))
 }
 
+#[derive(Debug, Clone, Copy)]
+enum BanChange {
+    Ban(IpAddr, u64),
+    Lift(IpAddr),
+}
+
+struct FirewallBans {
+    queue: mpsc::Sender<BanChange>,
+}
+
+impl BanSink for FirewallBans {
+    fn banned(&self, address: IpAddr, until: SystemTime) {
+        // Rounded up: the set must not release an address before camgate does.
+        let seconds = until
+            .duration_since(SystemTime::now())
+            .map_or(1, |left| left.as_secs() + u64::from(left.subsec_nanos() > 0));
+        let _ = self.queue.send(BanChange::Ban(address, seconds));
+    }
+
+    fn lifted(&self, address: IpAddr) {
+        let _ = self.queue.send(BanChange::Lift(address));
+    }
+}
+
 /// A batch ready to apply.
 #[derive(Debug)]
 pub struct Prepared {
@@ -418,6 +444,44 @@ impl Firewall {
             && let Err(e) = self.backend.apply(&ruleset::remove())
         {
             tracing::error!("cannot remove the firewall table: {e}");
+        }
+    }
+
+    /// Where the proxy's brute-force guard sends bans: into the ban sets,
+    /// so a banned address cannot even open a connection. A worker thread
+    /// applies them in order, off the request path; without a managed
+    /// firewall (dev mode) camgate's own 429 is the whole ban.
+    pub fn ban_sink(&self) -> Box<dyn BanSink> {
+        if !self.managed {
+            return Box::new(NoSink);
+        }
+        let (queue, changes) = mpsc::channel::<BanChange>();
+        let backend = Arc::clone(&self.backend);
+        let worker = std::thread::Builder::new()
+            .name("firewall-bans".to_owned())
+            .spawn(move || {
+                for change in changes {
+                    match change {
+                        BanChange::Ban(address, seconds) => {
+                            if let Err(e) = backend.apply(&ruleset::ban(address, seconds)) {
+                                tracing::warn!(%address, "cannot ban in the firewall: {e}");
+                            }
+                        }
+                        // It may have expired in the set already.
+                        BanChange::Lift(address) => {
+                            if let Err(e) = backend.apply(&ruleset::unban(address)) {
+                                tracing::debug!(%address, "ban not lifted in the firewall: {e}");
+                            }
+                        }
+                    }
+                }
+            });
+        match worker {
+            Ok(_) => Box::new(FirewallBans { queue }),
+            Err(e) => {
+                tracing::error!("cannot start the firewall's ban worker ({e}); bans stay camgate's own 429");
+                Box::new(NoSink)
+            }
         }
     }
 

@@ -29,7 +29,10 @@ use nftables::expr::{
     self, Expression, Fib, FibFlag, FibResult, Map, NamedExpression, Payload, PayloadBase, PayloadField,
     PayloadRaw, SetItem,
 };
-use nftables::schema::{Chain, Counter, FlushObject, NfCmd, NfListObject, Nftables, Rule, Table};
+use nftables::schema::{
+    Chain, Counter, Element, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, SetFlag, SetType,
+    SetTypeValue, Table,
+};
 use nftables::stmt::{self, Match, NAT, NATFamily, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
@@ -37,13 +40,21 @@ use crate::config::forward::{Forward, PortRange, Protocol};
 use crate::forward::stun;
 
 mod isolation;
-pub use isolation::{BAN_SETS, COUNTERS as ISOLATION_COUNTERS, Isolation};
+pub use isolation::{COUNTERS as ISOLATION_COUNTERS, Isolation};
 
 pub const TABLE: &str = "camgate";
 const GUARD: &str = "guard";
 const DNAT: &str = "dnat";
 const FORWARD: &str = "forward";
 const SNAT: &str = "snat";
+const INPUT: &str = "input";
+
+/// The ban sets: timed entries added while camgate runs (the proxy's
+/// brute-force guard through [`ban`]), declared but never flushed, so they
+/// outlive a reload.
+pub const BAN_SETS: [(&str, SetType); 2] = [("banned4", SetType::Ipv4Addr), ("banned6", SetType::Ipv6Addr)];
+/// Counts what the ban sets dropped.
+pub const BANNED_COUNTER: &str = "banned-dropped";
 /// Seconds a per-source Allocate rate entry lives without traffic.
 const ALLOCATE_METER_TIMEOUT: u32 = 60;
 
@@ -124,6 +135,7 @@ pub fn build(
     )));
 
     batch.add(rule(FORWARD, vec![ct_state(&["invalid"]), Statement::Drop(None)]));
+    add_bans(&mut batch);
     if let Some(isolation) = isolation {
         isolation::add_front(&mut batch, isolation);
     }
@@ -220,6 +232,66 @@ pub fn build(
         vec![ct_state(&["established", "related"]), Statement::Accept(None)],
     ));
     batch.to_nftables()
+}
+
+/// The ban sets and the `input` chain that drops their sources first.
+fn add_bans(batch: &mut Batch<'static>) {
+    batch.add(counter(BANNED_COUNTER));
+    for (name, kind) in BAN_SETS {
+        batch.add(NfListObject::Set(Box::new(Set {
+            flags: Some(HashSet::from([SetFlag::Timeout])),
+            ..set(name, kind)
+        })));
+    }
+    batch.add(NfListObject::Chain(base_chain(
+        INPUT,
+        NfChainType::Filter,
+        NfHook::Input,
+        0,
+        NfChainPolicy::Accept,
+    )));
+    for ((name, _), family) in BAN_SETS.into_iter().zip(["ip", "ip6"]) {
+        batch.add(rule(
+            INPUT,
+            vec![
+                in_named_set(field(family, "saddr"), name),
+                named_counter(BANNED_COUNTER),
+                Statement::Drop(None),
+            ],
+        ));
+    }
+}
+
+/// Adds `address` to its ban set for `seconds` (at least one).
+pub fn ban(address: IpAddr, seconds: u64) -> Nftables<'static> {
+    let mut batch = Batch::new();
+    batch.add(ban_element(
+        address,
+        Some(u32::try_from(seconds.max(1)).unwrap_or(u32::MAX)),
+    ));
+    batch.to_nftables()
+}
+
+/// Takes `address` out of its ban set.
+pub fn unban(address: IpAddr) -> Nftables<'static> {
+    let mut batch = Batch::new();
+    batch.delete(ban_element(address, None));
+    batch.to_nftables()
+}
+
+fn ban_element(address: IpAddr, timeout: Option<u32>) -> NfListObject<'static> {
+    let address = address.to_canonical();
+    let (set, _) = BAN_SETS[usize::from(address.is_ipv6())];
+    NfListObject::Element(Element {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: set.into(),
+        elem: Cow::Owned(vec![Expression::Named(NamedExpression::Elem(expr::Elem {
+            val: Box::new(Expression::String(address.to_string().into())),
+            timeout,
+            ..expr::Elem::default()
+        }))]),
+    })
 }
 
 /// A batch that removes the table, for a clean stop.
@@ -557,6 +629,27 @@ fn limit_per_second(rate: u32) -> Statement<'static> {
     })
 }
 
+fn set(name: &'static str, kind: SetType) -> Set<'static> {
+    Set {
+        family: NfFamily::INet,
+        table: TABLE.into(),
+        name: name.into(),
+        handle: None,
+        set_type: SetTypeValue::Single(kind),
+        policy: None,
+        flags: None,
+        elem: None,
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    }
+}
+
+fn in_named_set(left: Expression<'static>, set: &str) -> Statement<'static> {
+    equals(left, Expression::String(format!("@{set}").into()))
+}
+
 fn named_counter(name: &str) -> Statement<'static> {
     Statement::Counter(stmt::Counter::Named(Cow::Owned(name.to_owned())))
 }
@@ -577,6 +670,27 @@ fn goto(chain: &str) -> Statement<'static> {
 pub(crate) mod tests {
     use super::*;
     use crate::config::forward::{ForwardMode, Masquerade};
+
+    #[test]
+    fn bans_go_to_the_set_of_their_family_with_a_timeout() {
+        let json = serde_json::to_value(ban("203.0.113.9".parse().unwrap(), 90)).unwrap();
+        let element = &json["nftables"][0]["add"]["element"];
+        assert_eq!(element["table"], TABLE);
+        assert_eq!(element["name"], "banned4");
+        assert_eq!(element["elem"][0]["elem"]["val"], "203.0.113.9");
+        assert_eq!(element["elem"][0]["elem"]["timeout"], 90);
+        // A v4-mapped address is the IPv4 client it stands for; zero seconds still bans.
+        let json = serde_json::to_value(ban("::ffff:203.0.113.9".parse().unwrap(), 0)).unwrap();
+        assert_eq!(json["nftables"][0]["add"]["element"]["name"], "banned4");
+        assert_eq!(
+            json["nftables"][0]["add"]["element"]["elem"][0]["elem"]["timeout"],
+            1
+        );
+        let json = serde_json::to_value(unban("2001:db8::7".parse().unwrap())).unwrap();
+        let element = &json["nftables"][0]["delete"]["element"];
+        assert_eq!(element["name"], "banned6");
+        assert_eq!(element["elem"][0]["elem"]["val"], "2001:db8::7");
+    }
 
     pub(crate) fn agent_forwards() -> Vec<KernelForward> {
         let forward = |name: &str, first, last, stun| Forward {

@@ -1,10 +1,10 @@
 //! Pure: the camera segment's isolation and the admin listener's reach, as
 //! sets, chains and rules in the same batch as the forwards.
 //!
-//! - `input` (filter, input): packets from the camera NIC go to
-//!   `camera-in` (camgate's DHCP, DNS and NTP, discovery replies and ping;
-//!   nothing else); the admin listener's ports go to `admin-in` (the uplink's
-//!   LAN ranges only); banned sources are dropped.
+//! - `input` (the table's, after its ban rules): packets from the camera NIC
+//!   go to `camera-in` (camgate's DHCP, DNS and NTP, discovery replies and
+//!   ping; nothing else); the admin listener's ports go to `admin-in` (the
+//!   uplink's LAN ranges only).
 //! - `forward` (the forwards' chain, policy drop): anything leaving by the
 //!   camera NIC goes to `to-cameras` (DVR hosts, from the uplink, to the
 //!   camera ports, checked on every packet so a removed DVR loses an open
@@ -13,8 +13,7 @@
 //! - `snat`: DVR connections are masqueraded, so cameras see camgate only.
 //!
 //! Static sets are re-filled on every apply (`flush table` keeps set
-//! elements, so they are flushed first); the ban sets are declared but never
-//! flushed: their timed entries outlive a reload.
+//! elements, so they are flushed first).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -22,16 +21,16 @@ use std::collections::HashSet;
 use ipnet::IpNet;
 use nftables::batch::Batch;
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Prefix, SetItem};
-use nftables::schema::{Element, FlushObject, NfCmd, NfListObject, Set, SetFlag, SetType, SetTypeValue};
+use nftables::schema::{Element, FlushObject, NfCmd, NfListObject, Set, SetFlag, SetType};
 use nftables::stmt::{Match, Operator, Statement};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use nftables::types::NfFamily;
 
 use super::{
-    FORWARD, SNAT, TABLE, base_chain, ct, ct_state, equals, field, jump, named_counter, regular_chain, rule,
+    FORWARD, INPUT, SNAT, TABLE, ct, ct_state, equals, field, in_named_set, jump, named_counter,
+    regular_chain, rule, set,
 };
 use crate::config::network::Cameras;
 
-const INPUT: &str = "input";
 const CAMERA_IN: &str = "camera-in";
 const ADMIN_IN: &str = "admin-in";
 const TO_CAMERAS: &str = "to-cameras";
@@ -44,19 +43,14 @@ const MIRAI_PORTS: [u16; 5] = [23, 2323, 7547, 37215, 48101];
 const P2P_CLOUD_PORTS: [u16; 2] = [32100, 32108];
 
 /// Named counters of the isolation rules, shown in status.
-pub const COUNTERS: [&str; 7] = [
+pub const COUNTERS: [&str; 6] = [
     "camera-in-dropped",
     "camera-mirai",
     "camera-p2p-cloud",
     "camera-egress",
     "to-cameras-dropped",
     "admin-dropped",
-    "banned-dropped",
 ];
-
-/// The ban sets: timed entries added by camgate (the proxy's brute-force
-/// guard), kept across reloads.
-pub const BAN_SETS: [(&str, SetType); 2] = [("banned4", SetType::Ipv4Addr), ("banned6", SetType::Ipv6Addr)];
 
 /// What the isolation rules need, resolved: LAN ranges read from the uplink
 /// when the config names none.
@@ -91,20 +85,6 @@ pub(super) fn add_front(batch: &mut Batch<'static>, isolation: &Isolation) {
         true,
         lan6.into_iter().map(prefix).collect(),
     );
-    for (name, kind) in BAN_SETS {
-        batch.add(NfListObject::Set(Box::new(Set {
-            flags: Some(HashSet::from([SetFlag::Timeout])),
-            ..set(name, kind)
-        })));
-    }
-
-    batch.add(NfListObject::Chain(base_chain(
-        INPUT,
-        NfChainType::Filter,
-        NfHook::Input,
-        0,
-        NfChainPolicy::Accept,
-    )));
     for chain in [CAMERA_IN, ADMIN_IN, TO_CAMERAS, FROM_CAMERAS] {
         batch.add(NfListObject::Chain(regular_chain(chain)));
     }
@@ -126,18 +106,8 @@ pub(super) fn add_front(batch: &mut Batch<'static>, isolation: &Isolation) {
             SNAT,
             vec![
                 interface_is(MetaKey::Oifname, &interface),
-                in_set(field("ip", "saddr"), "dvr-hosts"),
+                in_named_set(field("ip", "saddr"), "dvr-hosts"),
                 Statement::Masquerade(None),
-            ],
-        ));
-    }
-    for (family, set) in [("ip", "banned4"), ("ip6", "banned6")] {
-        batch.add(rule(
-            INPUT,
-            vec![
-                in_set(field(family, "saddr"), set),
-                named_counter("banned-dropped"),
-                Statement::Drop(None),
             ],
         ));
     }
@@ -158,7 +128,7 @@ pub(super) fn add_front(batch: &mut Batch<'static>, isolation: &Isolation) {
                 ADMIN_IN,
                 vec![
                     interface_is(MetaKey::Iifname, &isolation.uplink),
-                    in_set(field(family, "saddr"), set),
+                    in_named_set(field(family, "saddr"), set),
                     Statement::Accept(None),
                 ],
             ));
@@ -233,7 +203,7 @@ fn camera_in(batch: &mut Batch<'static>, cameras: &Cameras) {
             Statement::Accept(None),
         ],
     ));
-    let from_camera = in_set(field("ip", "saddr"), "cameras");
+    let from_camera = in_named_set(field("ip", "saddr"), "cameras");
     for (protocol, port_field, services) in [
         ("udp", "dport", &[53, 123][..]),
         ("tcp", "dport", &[53][..]),
@@ -272,9 +242,9 @@ fn to_cameras(batch: &mut Batch<'static>, uplink: &str) {
         TO_CAMERAS,
         vec![
             interface_is(MetaKey::Iifname, uplink),
-            in_set(field("ip", "saddr"), "dvr-hosts"),
-            in_set(field("ip", "daddr"), "cameras"),
-            in_set(field("tcp", "dport"), "camera-ports"),
+            in_named_set(field("ip", "saddr"), "dvr-hosts"),
+            in_named_set(field("ip", "daddr"), "cameras"),
+            in_named_set(field("tcp", "dport"), "camera-ports"),
             Statement::Accept(None),
         ],
     ));
@@ -291,7 +261,7 @@ fn from_cameras(batch: &mut Batch<'static>) {
         vec![
             equals(ct("direction"), Expression::String("reply".into())),
             ct_state(&["established"]),
-            in_set(field("ip", "daddr"), "dvr-hosts"),
+            in_named_set(field("ip", "daddr"), "dvr-hosts"),
             Statement::Accept(None),
         ],
     ));
@@ -302,7 +272,7 @@ fn from_cameras(batch: &mut Batch<'static>) {
         batch.add(rule(
             FROM_CAMERAS,
             vec![
-                in_set(field(protocol, "dport"), set),
+                in_named_set(field(protocol, "dport"), set),
                 named_counter(counter),
                 Statement::Drop(None),
             ],
@@ -312,23 +282,6 @@ fn from_cameras(batch: &mut Batch<'static>) {
         FROM_CAMERAS,
         vec![named_counter("camera-egress"), Statement::Drop(None)],
     ));
-}
-
-fn set(name: &'static str, kind: SetType) -> Set<'static> {
-    Set {
-        family: NfFamily::INet,
-        table: TABLE.into(),
-        name: name.into(),
-        handle: None,
-        set_type: SetTypeValue::Single(kind),
-        policy: None,
-        flags: None,
-        elem: None,
-        timeout: None,
-        gc_interval: None,
-        size: None,
-        comment: None,
-    }
 }
 
 /// Declares the set, empties it and fills it with `elements`.
@@ -382,10 +335,6 @@ fn ports(ports: &[u16]) -> Expression<'static> {
     }
 }
 
-fn in_set(left: Expression<'static>, set: &str) -> Statement<'static> {
-    equals(left, Expression::String(format!("@{set}").into()))
-}
-
 fn interface_is(key: MetaKey, name: &str) -> Statement<'static> {
     Statement::Match(Match {
         left: Expression::Named(NamedExpression::Meta(Meta { key })),
@@ -396,7 +345,7 @@ fn interface_is(key: MetaKey, name: &str) -> Statement<'static> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::build;
+    use super::super::{BAN_SETS, build};
     use super::*;
     use crate::firewall::ruleset::tests::agent_forwards;
 
