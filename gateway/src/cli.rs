@@ -84,6 +84,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// camgate's nftables table.
+    Firewall {
+        #[command(subcommand)]
+        command: FirewallCommand,
+    },
     /// List the built-in DVR profiles, or print one.
     Profiles {
         #[command(subcommand)]
@@ -116,9 +121,51 @@ enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum FirewallCommand {
+    /// Print the table the config gives on this machine (routes and the
+    /// uplink's subnets are read from it), without applying it. nft syntax,
+    /// loadable with `nft -f`; rendered by nft in a scratch network
+    /// namespace, so it needs root. `--json`: the batch camgate sends, as is.
+    Show {
+        #[arg(long, value_name = "PATH", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ProfilesCommand {
     /// Print a profile's definition (TOML, as built in).
     Show { name: String },
+}
+
+fn firewall_show(path: &std::path::Path, json: bool) -> ExitCode {
+    let config = match config::load(path, Overrides::default()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("camgate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let shown = crate::firewall::plan(&config, &crate::firewall::Nft).and_then(|ruleset| {
+        if json {
+            serde_json::to_string_pretty(&ruleset)
+                .map_err(|e| crate::firewall::FirewallError::Nft(e.to_string()))
+        } else {
+            crate::firewall::render(&ruleset)
+        }
+    });
+    match shown {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("camgate: {e}");
+            ExitCode::from(EXIT_OS)
+        }
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -142,6 +189,9 @@ pub fn main() -> ExitCode {
             json,
             request,
         } => explain(&path, &site, from, websocket, json, &request),
+        Command::Firewall {
+            command: FirewallCommand::Show { config: path, json },
+        } => firewall_show(&path, json),
         Command::Profiles { show: None } => {
             for profile in crate::proxy::profiles::all() {
                 let udp = if profile.forwards.is_empty() {

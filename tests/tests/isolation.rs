@@ -384,3 +384,69 @@ fn a_camera_subnet_overlapping_the_uplink_exposes_nothing() {
     assert!(!tables.contains("camgate"), "{tables}");
     assert!(connect(net.ns("dvr"), "10.77.0.2:8080").is_err());
 }
+
+#[test]
+fn firewall_show_prints_the_table_nft_would_load() {
+    let net = Topology::builder("iss")
+        .switch("lansw", &[("gw", "192.168.77.2/24"), ("dvr", "192.168.77.50/24")])
+        .switch("camsw", &[("gw", "10.77.0.1/24"), ("cam", "10.77.0.11/24")])
+        .host("scratch")
+        .build();
+    let gw = net.ns("gw");
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("camgate.toml");
+    std::fs::write(
+        &config_path,
+        config(&dir.path().join("state"), "\"192.168.77.50\"", ""),
+    )
+    .unwrap();
+    let show = |args: &[&str]| {
+        let output = gw
+            .command(camgate_tests::camgate::binary())
+            .args(["firewall", "show", "--config"])
+            .arg(&config_path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let text = show(&[]);
+    for needle in [
+        "table inet camgate",
+        "chain camera-in",
+        "chain to-cameras",
+        "192.168.77.0/24",
+        "banned4",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+    // Shown, not applied; and what it shows loads as it is.
+    let tables = String::from_utf8(
+        gw.command("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(!tables.contains("camgate"), "show applied the table: {tables}");
+    let scratch = net.ns("scratch");
+    camgate_tests::nft::load(scratch, &text);
+    let loaded = String::from_utf8(
+        scratch
+            .command("nft")
+            .args(["list", "chain", "inet", "camgate", "to-cameras"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(loaded.contains("@dvr-hosts"), "{loaded}");
+    let json: serde_json::Value = serde_json::from_str(&show(&["--json"])).unwrap();
+    assert!(json["nftables"].as_array().unwrap().len() > 20, "{json}");
+}

@@ -285,6 +285,124 @@ impl BanSink for FirewallBans {
     }
 }
 
+/// The table `config` gives on this machine, whatever the mode, not
+/// checked by nft (`camgate firewall show`).
+pub fn plan(config: &Config, backend: &dyn Backend) -> Result<Nftables<'static>, FirewallError> {
+    plan_parts(config, backend).map(|(_, _, ruleset)| ruleset)
+}
+
+/// nft's own rendering of `ruleset`: loaded into a scratch network
+/// namespace (`unshare --net`, so root), then listed.
+pub fn render(ruleset: &Nftables<'_>) -> Result<String, FirewallError> {
+    let json = serde_json::to_vec(ruleset).map_err(|e| FirewallError::Nft(e.to_string()))?;
+    let mut child = Command::new("unshare")
+        .args([
+            "--net",
+            "sh",
+            "-c",
+            &format!("nft -j -f - && nft list table inet {}", ruleset::TABLE),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| FirewallError::Nft(format!("cannot run unshare: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        std::io::Write::write_all(&mut stdin, &json).map_err(|e| FirewallError::Nft(e.to_string()))?;
+    }
+    let output = child
+        .wait_with_output()
+        .map_err(|e| FirewallError::Nft(e.to_string()))?;
+    if !output.status.success() {
+        return Err(FirewallError::Nft(format!(
+            "cannot render the table in a scratch namespace (root needed; `--json` does not): {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+type Plan = (Vec<KernelForward>, Option<Isolation>, Nftables<'static>);
+
+fn plan_parts(config: &Config, backend: &dyn Backend) -> Result<Plan, FirewallError> {
+    let kernel: Vec<_> = config
+        .forwarding
+        .forwards
+        .iter()
+        .filter(|f| f.mode == ForwardMode::Kernel)
+        .collect();
+    let defaults = if kernel.iter().any(|f| f.masquerade == Masquerade::Auto) {
+        backend.default_route_interfaces()?
+    } else {
+        Vec::new()
+    };
+    let mut forwards = Vec::with_capacity(kernel.len());
+    // A profile's forwards share one target: one route lookup each.
+    let mut routes: HashMap<IpAddr, String> = HashMap::new();
+    for forward in kernel {
+        let masquerade = match forward.masquerade {
+            Masquerade::Always => true,
+            Masquerade::Never => false,
+            Masquerade::Auto => {
+                let interface = match routes.entry(forward.target) {
+                    Entry::Occupied(known) => known.into_mut(),
+                    Entry::Vacant(new) => new.insert(backend.route_interface(forward.target)?),
+                };
+                defaults.contains(interface)
+            }
+        };
+        forwards.push(KernelForward {
+            forward: forward.clone(),
+            masquerade,
+        });
+    }
+    let isolation = config
+        .network
+        .as_ref()
+        .map(|network| isolation(network, config, backend))
+        .transpose()?;
+    let ruleset = ruleset::build(
+        &forwards,
+        config.forwarding.limits.allocate_rate,
+        isolation.as_ref(),
+    );
+    Ok((forwards, isolation, ruleset))
+}
+
+/// The isolation rules' inputs: LAN ranges from the uplink unless
+/// configured, and a camera subnet that does not overlap them.
+fn isolation(network: &Network, config: &Config, backend: &dyn Backend) -> Result<Isolation, FirewallError> {
+    let uplink_subnets = backend.interface_subnets(&network.uplink)?;
+    if let Some(cameras) = &network.cameras {
+        let subnet = IpNet::V4(cameras.subnet());
+        if let Some(overlap) = uplink_subnets
+            .iter()
+            .find(|net| net.contains(&subnet.network()) || subnet.contains(&net.network()))
+        {
+            return Err(FirewallError::Overlap {
+                cameras: cameras.subnet(),
+                uplink: network.uplink.clone(),
+                subnet: *overlap,
+            });
+        }
+    }
+    let mut admin_ports: Vec<u16> = config
+        .admin
+        .listen
+        .iter()
+        .filter(|address| !address.ip().is_loopback())
+        .map(std::net::SocketAddr::port)
+        .collect();
+    admin_ports.sort_unstable();
+    admin_ports.dedup();
+    Ok(Isolation {
+        uplink: network.uplink.clone(),
+        lan: network.lan.clone().unwrap_or(uplink_subnets),
+        admin_ports,
+        cameras: network.cameras.clone(),
+    })
+}
+
 /// A batch ready to apply.
 #[derive(Debug)]
 pub struct Prepared {
@@ -323,86 +441,12 @@ impl Firewall {
                 ruleset: None,
             });
         }
-        let kernel: Vec<_> = config
-            .forwarding
-            .forwards
-            .iter()
-            .filter(|f| f.mode == ForwardMode::Kernel)
-            .collect();
-        let defaults = if kernel.iter().any(|f| f.masquerade == Masquerade::Auto) {
-            self.backend.default_route_interfaces()?
-        } else {
-            Vec::new()
-        };
-        let mut forwards = Vec::with_capacity(kernel.len());
-        // A profile's forwards share one target: one route lookup each.
-        let mut routes: HashMap<IpAddr, String> = HashMap::new();
-        for forward in kernel {
-            let masquerade = match forward.masquerade {
-                Masquerade::Always => true,
-                Masquerade::Never => false,
-                Masquerade::Auto => {
-                    let interface = match routes.entry(forward.target) {
-                        Entry::Occupied(known) => known.into_mut(),
-                        Entry::Vacant(new) => new.insert(self.backend.route_interface(forward.target)?),
-                    };
-                    defaults.contains(interface)
-                }
-            };
-            forwards.push(KernelForward {
-                forward: forward.clone(),
-                masquerade,
-            });
-        }
-        let isolation = config
-            .network
-            .as_ref()
-            .map(|network| self.isolation(network, config))
-            .transpose()?;
-        let ruleset = ruleset::build(
-            &forwards,
-            config.forwarding.limits.allocate_rate,
-            isolation.as_ref(),
-        );
+        let (forwards, isolation, ruleset) = plan_parts(config, self.backend.as_ref())?;
         self.backend.check(&ruleset)?;
         Ok(Prepared {
             forwards,
             isolation,
             ruleset: Some(ruleset),
-        })
-    }
-
-    /// The isolation rules' inputs: LAN ranges from the uplink unless
-    /// configured, and a camera subnet that does not overlap them.
-    fn isolation(&self, network: &Network, config: &Config) -> Result<Isolation, FirewallError> {
-        let uplink_subnets = self.backend.interface_subnets(&network.uplink)?;
-        if let Some(cameras) = &network.cameras {
-            let subnet = IpNet::V4(cameras.subnet());
-            if let Some(overlap) = uplink_subnets
-                .iter()
-                .find(|net| net.contains(&subnet.network()) || subnet.contains(&net.network()))
-            {
-                return Err(FirewallError::Overlap {
-                    cameras: cameras.subnet(),
-                    uplink: network.uplink.clone(),
-                    subnet: *overlap,
-                });
-            }
-        }
-        let mut admin_ports: Vec<u16> = config
-            .admin
-            .listen
-            .iter()
-            .filter(|address| !address.ip().is_loopback())
-            .map(std::net::SocketAddr::port)
-            .collect();
-        admin_ports.sort_unstable();
-        admin_ports.dedup();
-        Ok(Isolation {
-            uplink: network.uplink.clone(),
-            lan: network.lan.clone().unwrap_or(uplink_subnets),
-            admin_ports,
-            cameras: network.cameras.clone(),
         })
     }
 

@@ -10,12 +10,12 @@
 //!   packet): a `stun` forward's datagrams go to its own chain, which
 //!   returns for ChannelData, rate-limits Allocate requests per source and
 //!   returns for other STUN, and counts and drops everything else.
-//! - `dnat` (nat, prerouting): the forward's ports on a local address → the
+//! - `prerouting-nat` (nat, prerouting): the forward's ports on a local address → the
 //!   target, same ports (or mapped one by one to the target's ports).
 //! - `forward` (filter, forward, policy drop): only forwarded flows pass,
 //!   counted per forward and direction; plus flows the target starts from
 //!   its forwarded ports (a TURN relay sending to a peer).
-//! - `snat` (nat, postrouting): masquerade towards the target when decided
+//! - `postrouting-nat` (nat, postrouting): masquerade towards the target when decided
 //!   (the target answers through its own router otherwise), and the
 //!   target's own flows from its forwarded ports, so a peer sees camgate's
 //!   address and the same port (the relay address is camgate's).
@@ -44,9 +44,11 @@ pub use isolation::{COUNTERS as ISOLATION_COUNTERS, Isolation};
 
 pub const TABLE: &str = "camgate";
 const GUARD: &str = "guard";
-const DNAT: &str = "dnat";
+/// Not `dnat`/`snat`: nft's own listing would print those keywords as
+/// chain names it cannot load back.
+const DNAT: &str = "prerouting-nat";
 const FORWARD: &str = "forward";
-const SNAT: &str = "snat";
+const SNAT: &str = "postrouting-nat";
 const INPUT: &str = "input";
 
 /// The ban sets: timed entries added while camgate runs (the proxy's

@@ -10,7 +10,7 @@
 //!   camera ports, checked on every packet so a removed DVR loses an open
 //!   connection at once); anything entering from it to `from-cameras`
 //!   (answers on DVR connections; the rest is counted by kind and dropped).
-//! - `snat`: DVR connections are masqueraded, so cameras see camgate only.
+//! - `postrouting-nat`: DVR connections are masqueraded, so cameras see camgate only.
 //!
 //! Static sets are re-filled on every apply (`flush table` keeps set
 //! elements, so they are flushed first).
@@ -429,7 +429,7 @@ mod tests {
         for needle in ["lan0", "@dvr-hosts", "@cameras", "@camera-ports"] {
             assert!(to_cameras[0]["expr"].to_string().contains(needle), "{needle}");
         }
-        let snat = rules_of(&commands, "snat");
+        let snat = rules_of(&commands, "postrouting-nat");
         assert!(snat.iter().any(|r| {
             let text = r["expr"].to_string();
             text.contains("cam0") && text.contains("@dvr-hosts") && text.contains("masquerade")
