@@ -24,6 +24,7 @@
 pub mod acme;
 pub mod admin;
 pub mod auth;
+pub mod cameras;
 pub mod cli;
 pub mod clock;
 pub mod config;

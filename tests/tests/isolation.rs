@@ -450,3 +450,187 @@ fn firewall_show_prints_the_table_nft_would_load() {
     let json: serde_json::Value = serde_json::from_str(&show(&["--json"])).unwrap();
     assert!(json["nftables"].as_array().unwrap().len() > 20, "{json}");
 }
+
+/// A DNS question for `name` (type A), as a camera's resolver sends it.
+fn dns_query(name: &str) -> Vec<u8> {
+    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        query.push(u8::try_from(label.len()).unwrap());
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    query
+}
+
+/// Runs udhcpc once on `ns`'s camera NIC; its hook sets the leased address.
+fn dhcp(ns: &Netns, dir: &Path, hostname: &str) -> String {
+    let hook = dir.join("udhcpc.hook");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/$mask\" dev \"$interface\"\nexit 0\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let port = switch_port("camsw");
+    let output = ns
+        .command(require_binary("udhcpc", "udhcpc"))
+        .args(["-i", &port, "-f", "-q", "-n", "-t", "5", "-T", "1", "-s"])
+        .arg(&hook)
+        .args(["-x", &format!("hostname:{hostname}")])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "udhcpc: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let addresses = String::from_utf8(ns.ip(&["-4", "-j", "addr", "show", "dev", &port]).stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&addresses).unwrap();
+    json[0]["addr_info"][0]["local"]
+        .as_str()
+        .expect("a leased address")
+        .to_owned()
+}
+
+#[test]
+fn cameras_get_leases_resolve_nothing_and_show_what_they_asked() {
+    let net = Topology::builder("isd")
+        .switch("lansw", &[("gw", "192.168.77.2/24")])
+        .switch(
+            "camsw",
+            &[
+                ("gw", "10.77.0.254/24"),
+                ("cam", "10.77.0.11/24"),
+                ("porch", "10.77.0.12/24"),
+            ],
+        )
+        .build();
+    let (gw, cam, porch) = (net.ns("gw"), net.ns("cam"), net.ns("porch"));
+    for ns in [gw, cam, porch] {
+        ns.ip(&["-4", "addr", "flush", "dev", &switch_port("camsw")]);
+    }
+    porch.ip(&[
+        "link",
+        "set",
+        "dev",
+        &switch_port("camsw"),
+        "address",
+        "aa:bb:cc:00:11:22",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let root = hash_password("admin pass");
+    let extra = format!(
+        "[[user]]\nname = \"root\"\npassword_hash = \"{root}\"\nrole = \"admin\"\n\
+         [[camera]]\nname = \"porch\"\nmac = \"AA:BB:CC:00:11:22\"\naddress = \"10.77.0.20\"\n"
+    );
+    let base = config(&dir.path().join("state"), "", "");
+    let mut camgate = Camgate::start(Launch {
+        netns: Some(gw),
+        config: Some(format!("{base}{extra}")),
+        env: Vec::new(),
+    });
+
+    // DHCP: the known camera gets its fixed address, another one from the range.
+    assert_eq!(dhcp(porch, dir.path(), "porch-cam"), "10.77.0.20");
+    let address = dhcp(cam, dir.path(), "cam1");
+    let leased: std::net::Ipv4Addr = address.parse().unwrap();
+    assert!(
+        leased.octets()[..3] == [10, 77, 0] && leased != "10.77.0.1".parse::<std::net::Ipv4Addr>().unwrap(),
+        "{address}"
+    );
+
+    // DNS answers every name with NXDOMAIN, from camgate, and asks nobody.
+    let socket = cam.run(|| UdpSocket::bind(format!("{address}:0")).unwrap());
+    socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    for _ in 0..2 {
+        socket
+            .send_to(&dns_query("p2p.cloud.example"), "10.77.0.1:53")
+            .unwrap();
+        let mut answer = [0u8; 512];
+        let len = socket.recv(&mut answer).expect("an answer from camgate's DNS");
+        assert!(len >= 12 && answer[..2] == [0x12, 0x34]);
+        assert_eq!(answer[3] & 0x0f, 3, "NXDOMAIN");
+    }
+
+    // /api/cameras (admin only): leases, names, and what each camera asked.
+    let url = "http://127.0.0.1:8080/api/cameras";
+    let admin = basic("root", "admin pass")
+        .trim_start_matches("Authorization: ")
+        .trim_end()
+        .to_owned();
+    assert_eq!(camgate_tests::http::get(gw, url).unwrap().status, 401);
+    let list = wait_until(
+        "the DNS questions in the camera report",
+        Duration::from_secs(5),
+        || {
+            let reply = camgate_tests::http::request(
+                gw,
+                "GET",
+                url,
+                &[(
+                    "Authorization",
+                    basic("root", "admin pass")
+                        .trim_start_matches("Authorization: ")
+                        .trim_end(),
+                )],
+            )
+            .unwrap();
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            let list = reply.json();
+            let asked = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["address"] == address.as_str() && c["dns"][0]["count"] == 2);
+            asked.then_some(list)
+        },
+    );
+    let entries = list.as_array().unwrap();
+    let porch_entry = entries
+        .iter()
+        .find(|c| c["address"] == "10.77.0.20")
+        .expect("porch listed");
+    assert_eq!(porch_entry["name"], "porch");
+    assert_eq!(porch_entry["state"], "leased");
+    assert_eq!(porch_entry["mac"], "aa:bb:cc:00:11:22");
+    let cam_entry = entries.iter().find(|c| c["address"] == address.as_str()).unwrap();
+    assert_eq!(cam_entry["name"], "cam1", "{list}");
+    assert_eq!(cam_entry["dns"][0]["name"], "p2p.cloud.example");
+
+    // A reload that changes the segment restarts dnsmasq with the new
+    // config (after the old one let go of its ports); DNS keeps answering.
+    camgate.write_config(&format!(
+        "{base}{extra}[[camera]]\nname = \"garage\"\nmac = \"aa:bb:cc:00:11:33\"\naddress = \"10.77.0.21\"\n"
+    ));
+    let ready = camgate.reload();
+    assert!(ready.contains("generation 2"), "{ready}\n{}", camgate.stderr());
+    wait_until("dnsmasq to answer again", Duration::from_secs(10), || {
+        socket.send_to(&dns_query("again.example"), "10.77.0.1:53").ok()?;
+        let mut answer = [0u8; 512];
+        socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        socket.recv(&mut answer).ok().map(|_| ())
+    });
+    let garage = camgate_tests::http::request(gw, "GET", url, &[("Authorization", admin.as_str())])
+        .unwrap()
+        .json();
+    assert!(
+        garage
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "garage" && c["state"] == "known"),
+        "{garage}"
+    );
+    let status = camgate_tests::http::get_ok(gw, "http://127.0.0.1:8080/api/status").json();
+    let subsystem = status["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "cameras")
+        .cloned();
+    assert_eq!(
+        subsystem.map(|s| s["detail"].clone()),
+        Some(serde_json::json!("running")),
+        "{status}"
+    );
+}

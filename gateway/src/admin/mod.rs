@@ -59,6 +59,8 @@ pub struct AppState {
     pub acme: watch::Receiver<Vec<AcmeHostStatus>>,
     /// Port forwards and their counters.
     pub forwards: Arc<crate::forward::ForwardStatusSource>,
+    /// The camera segment: leases and what cameras asked DNS.
+    pub cameras: Arc<crate::cameras::CameraReport>,
 }
 
 /// `localhost`, `camgate.local`, and this machine's host name (plain and
@@ -81,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/bans/{address}", delete(lift_ban))
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", delete(revoke_session))
+        .route("/api/cameras", get(list_cameras))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             credentials::require_admin,
@@ -194,6 +197,18 @@ async fn status(State(state): State<AppState>) -> Response {
         },
     })
     .into_response()
+}
+
+async fn list_cameras(State(state): State<AppState>) -> Response {
+    // Reads dnsmasq's lease file.
+    let report = Arc::clone(&state.cameras);
+    match tokio::task::spawn_blocking(move || report.cameras()).await {
+        Ok(cameras) => Json(cameras).into_response(),
+        Err(e) => {
+            tracing::error!("camera list: {e}");
+            api_error(StatusCode::INTERNAL_SERVER_ERROR, "camera list unavailable")
+        }
+    }
 }
 
 async fn list_bans(State(state): State<AppState>) -> Response {

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::error::Problem;
 use super::forward::Forwarding;
-use super::raw::{RawCameras, RawNetwork};
+use super::raw::{RawCamera, RawCameras, RawNetwork};
 
 /// TCP ports a DVR host may open on a camera unless `cameras.ports` says
 /// otherwise: HTTP(S), RTSP, and the usual ONVIF/vendor web ports.
@@ -33,6 +33,16 @@ pub struct Cameras {
     pub dvr_hosts: Vec<Ipv4Net>,
     /// Sorted, without duplicates.
     pub ports: Vec<u16>,
+    /// `[[camera]]`: fixed leases.
+    pub known: Vec<KnownCamera>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownCamera {
+    pub name: String,
+    /// Lower case, colon-separated.
+    pub mac: String,
+    pub address: Ipv4Addr,
 }
 
 impl Cameras {
@@ -52,8 +62,18 @@ impl Cameras {
 pub(super) fn network(
     raw: Option<RawNetwork>,
     cameras: Option<RawCameras>,
+    known: Vec<RawCamera>,
     forwarding: &Forwarding,
 ) -> Result<Option<Network>, Problem> {
+    if cameras.is_none()
+        && let Some(first) = known.first()
+    {
+        return Err(Problem::new(
+            first.name.span(),
+            "camera[0].name",
+            "[[camera]] needs a [cameras] segment",
+        ));
+    }
     if raw.is_none() && cameras.is_none() {
         return Ok(None);
     }
@@ -89,7 +109,7 @@ pub(super) fn network(
         })
         .transpose()?;
     let cameras = cameras
-        .map(|raw| self::cameras(raw, &uplink, wan.as_ref()))
+        .map(|raw| self::cameras(raw, known, &uplink, wan.as_ref()))
         .transpose()?;
     if let Some(cameras) = &cameras {
         let subnet = IpNet::V4(cameras.subnet());
@@ -123,6 +143,7 @@ pub(super) fn network(
 
 fn cameras(
     raw: RawCameras,
+    known: Vec<RawCamera>,
     uplink: &Spanned<String>,
     wan: Option<&Spanned<String>>,
 ) -> Result<Cameras, Problem> {
@@ -210,13 +231,72 @@ fn cameras(
             ports
         }
     };
+    let known = known_cameras(known, address)?;
     Ok(Cameras {
         parent: parent.clone(),
         vlan,
         address,
         dvr_hosts,
         ports,
+        known,
     })
+}
+
+fn known_cameras(raw: Vec<RawCamera>, camgate: Ipv4Net) -> Result<Vec<KnownCamera>, Problem> {
+    let subnet = camgate.trunc();
+    let mut known: Vec<KnownCamera> = Vec::new();
+    for (i, camera) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("camera[{i}].{field}");
+        super::proxy::identifier(camera.name.get_ref(), camera.name.span(), &key("name"), "camera")?;
+        let mac = camera.mac.get_ref().to_ascii_lowercase();
+        let is_mac = mac.len() == 17
+            && mac.split(':').count() == 6
+            && mac
+                .split(':')
+                .all(|pair| pair.len() == 2 && pair.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !is_mac {
+            return Err(Problem::new(
+                camera.mac.span(),
+                key("mac"),
+                format!("{mac:?} is not a MAC address like \"aa:bb:cc:dd:ee:ff\""),
+            ));
+        }
+        let text = camera.address.get_ref();
+        let address: Ipv4Addr = text.parse().map_err(|_| {
+            Problem::new(
+                camera.address.span(),
+                key("address"),
+                format!("{text:?} is not an IPv4 address"),
+            )
+        })?;
+        if !subnet.contains(&address)
+            || address == subnet.network()
+            || address == subnet.broadcast()
+            || address == camgate.addr()
+        {
+            return Err(Problem::new(
+                camera.address.span(),
+                key("address"),
+                format!("{address} is not a free host address of the camera subnet {subnet}"),
+            ));
+        }
+        let name = camera.name.into_inner();
+        if let Some(other) = known
+            .iter()
+            .find(|k| k.name == name || k.mac == mac || k.address == address)
+        {
+            return Err(Problem::new(
+                camera.address.span(),
+                key("address"),
+                format!(
+                    "camera {name:?} shares its name, MAC or address with camera {:?}",
+                    other.name
+                ),
+            ));
+        }
+        known.push(KnownCamera { name, mac, address });
+    }
+    Ok(known)
 }
 
 /// camgate's address on the camera segment: a host address with a prefix

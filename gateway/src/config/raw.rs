@@ -35,6 +35,8 @@ pub(super) struct RawConfig {
     pub(super) forwarding: RawForwarding,
     pub(super) network: Option<RawNetwork>,
     pub(super) cameras: Option<RawCameras>,
+    #[serde(default, rename = "camera")]
+    pub(super) camera_list: Vec<RawCamera>,
 }
 
 /// `[[forward]]`: ports forwarded 1:1 to a host (the DVR's STUN/TURN).
@@ -291,4 +293,15 @@ pub(super) struct RawCameras {
     pub(super) dvr_hosts: Option<Spanned<Vec<Spanned<String>>>>,
     /// TCP ports of the cameras the DVR hosts may open.
     pub(super) ports: Option<Spanned<Vec<Spanned<u16>>>>,
+}
+
+/// `[[camera]]`: a camera known by its MAC, with a fixed address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[camera]] table")]
+pub(super) struct RawCamera {
+    pub(super) name: Spanned<String>,
+    /// `"aa:bb:cc:dd:ee:ff"`.
+    pub(super) mac: Spanned<String>,
+    /// Its address in the camera subnet, leased to that MAC only.
+    pub(super) address: Spanned<String>,
 }

@@ -105,7 +105,7 @@ pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, P
     let acme = acme::acme(raw.acme, &proxy, &sites)?;
     let forwarding = forward::forwarding(raw.forwards, raw.forwarding, &sites, mode)?;
     forward::check_listener_clashes(&forwarding, &admin, &proxy)?;
-    let network = network::network(raw.network, raw.cameras, &forwarding)?;
+    let network = network::network(raw.network, raw.cameras, raw.camera_list, &forwarding)?;
     let config = Config {
         daemon,
         admin,

@@ -24,6 +24,7 @@ use crate::acme::AcmeService;
 use crate::acme::ca::CaError;
 use crate::admin::{self, AdminServer, AppState, Metrics};
 use crate::auth::{AuthShared, Sessions};
+use crate::cameras::CameraService;
 use crate::clock::{unix_now, unix_now_f64};
 use crate::config::{Config, ConfigError, ConfigSource, Loaded, Mode};
 use crate::firewall::{Firewall, FirewallError, Nft};
@@ -188,6 +189,7 @@ pub struct Daemon {
     proxy: ProxyServer,
     acme: AcmeService,
     forwards: ForwardService,
+    cameras: CameraService,
     auth: Arc<AuthShared>,
     status: watch::Sender<DaemonStatus>,
     metrics: Arc<Metrics>,
@@ -253,6 +255,8 @@ impl Daemon {
         let resolver = Arc::new(CertResolver::new(table, Arc::clone(&challenges)));
         let acme = AcmeService::start(&config, Arc::clone(&resolver), Arc::clone(&challenges), &drain)?;
         let forwards = ForwardService::start(&config, firewall, &drain)?;
+        // After the firewall: the camera NIC is isolated and addressed.
+        let cameras = CameraService::start(&config, &drain);
         let router = admin::router(AppState {
             status: status_rx,
             auth: Arc::clone(&auth),
@@ -262,6 +266,7 @@ impl Daemon {
             certificates: Arc::clone(&resolver),
             acme: acme.host_status(),
             forwards: forwards.status_source(),
+            cameras: cameras.report(),
         });
         let admin = AdminServer::start(
             config.admin.listen.iter().copied().zip(listeners.admin).collect(),
@@ -300,6 +305,7 @@ impl Daemon {
             proxy,
             acme,
             forwards,
+            cameras,
             auth,
             status,
             metrics,
@@ -391,6 +397,7 @@ impl Daemon {
         self.proxy.commit(proxy, &self.drain).await;
         self.acme.commit(acme);
         self.forwards.commit(forwards, &self.drain);
+        self.cameras.configure(&new, &self.drain);
         self.log.apply(&new.daemon.log);
         self.config = new;
         if self.setup && !loaded.setup {
@@ -422,6 +429,7 @@ impl Daemon {
             self.acme.status(),
             self.forwards.firewall().status(),
             self.forwards.status(),
+            self.cameras.status(),
         ];
         if !self.config.manages_system() {
             subsystems.push(SubsystemStatus {

@@ -360,6 +360,7 @@ mod tests {
                 address: "10.77.0.1/24".parse().unwrap(),
                 dvr_hosts: vec!["192.168.1.50/32".parse().unwrap()],
                 ports: vec![554, 8554],
+                known: Vec::new(),
             }),
         }
     }

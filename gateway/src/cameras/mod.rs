@@ -1,0 +1,450 @@
+//! The camera segment's services: dnsmasq (DHCP with fixed leases for
+//! `[[camera]]`, and a DNS that resolves nothing), started, supervised and
+//! reconfigured by camgate; and what cameras reveal through it (leases, the
+//! names they try to resolve) for `GET /api/cameras`.
+
+pub mod dnsmasq;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::config::network::{Cameras, KnownCamera};
+use crate::daemon::{SubsystemState, SubsystemStatus};
+use crate::shutdown::Drain;
+
+const DNSMASQ: &str = "dnsmasq";
+/// Distinct names kept per camera, and cameras tracked: a camera spraying
+/// random names cannot grow memory without bound.
+const MAX_NAMES_PER_CAMERA: usize = 256;
+const MAX_CAMERAS: usize = 1024;
+const FIRST_RESTART: Duration = Duration::from_secs(1);
+const MAX_RESTART: Duration = Duration::from_secs(30);
+/// A dnsmasq that ran this long is healthy again: the backoff restarts.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// Runs dnsmasq for the camera segment in appliance mode.
+#[derive(Debug)]
+pub struct CameraService {
+    managed: bool,
+    state_dir: PathBuf,
+    running: Option<Running>,
+    report: Arc<CameraReport>,
+}
+
+#[derive(Debug)]
+struct Running {
+    config: String,
+    drain: Drain,
+    stopped: Option<oneshot::Receiver<()>>,
+}
+
+impl CameraService {
+    pub fn start(config: &Config, drain: &Drain) -> Self {
+        let mut service = Self {
+            managed: config.manages_system(),
+            state_dir: config.daemon.state_dir.join("cameras"),
+            running: None,
+            report: Arc::default(),
+        };
+        service.configure(config, drain);
+        service
+    }
+
+    /// Restarts dnsmasq if its configuration changed (a reload's commit:
+    /// it cannot fail; a dnsmasq that cannot start is retried and shows in
+    /// the status).
+    pub fn configure(&mut self, config: &Config, drain: &Drain) {
+        let cameras = config.network.as_ref().and_then(|n| n.cameras.as_ref());
+        let lease_file = self.state_dir.join("dnsmasq.leases");
+        self.report.segment.store(cameras.map(|cameras| {
+            Arc::new(Segment {
+                lease_file: lease_file.clone(),
+                known: cameras.known.clone(),
+            })
+        }));
+        let wanted = cameras
+            .filter(|_| self.managed)
+            .map(|c| dnsmasq::config(c, &lease_file));
+        if self.running.as_ref().map(|r| &r.config) == wanted.as_ref() {
+            return;
+        }
+        let previous = self.running.take().and_then(|mut old| {
+            old.drain.stop();
+            old.stopped.take()
+        });
+        if let (Some(text), Some(cameras)) = (wanted, cameras) {
+            self.running = Some(self.supervise(text, cameras, previous, drain));
+        } else {
+            self.report.set_state("not running: no [cameras] segment");
+        }
+    }
+
+    fn supervise(
+        &self,
+        text: String,
+        cameras: &Cameras,
+        previous: Option<oneshot::Receiver<()>>,
+        drain: &Drain,
+    ) -> Running {
+        let child = drain.child();
+        let (done, stopped) = oneshot::channel();
+        let supervisor = Supervisor {
+            config_file: self.state_dir.join("dnsmasq.conf"),
+            state_dir: self.state_dir.clone(),
+            text: text.clone(),
+            report: Arc::clone(&self.report),
+            drain: child.clone(),
+        };
+        let span = tracing::info_span!("dnsmasq", interface = %cameras.interface());
+        child.spawn(
+            async move {
+                // The old dnsmasq must have let go of ports 53 and 67.
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                supervisor.run().await;
+                drop(done);
+            }
+            .instrument(span),
+        );
+        Running {
+            config: text,
+            drain: child,
+            stopped: Some(stopped),
+        }
+    }
+
+    pub fn report(&self) -> Arc<CameraReport> {
+        Arc::clone(&self.report)
+    }
+
+    pub fn status(&self) -> SubsystemStatus {
+        let state = if self.running.is_some() {
+            SubsystemState::Running
+        } else {
+            SubsystemState::Disabled
+        };
+        let detail = if self.managed {
+            self.report.state()
+        } else {
+            "dev mode: camgate makes no system changes".to_owned()
+        };
+        SubsystemStatus {
+            name: "cameras",
+            state,
+            detail,
+        }
+    }
+}
+
+struct Supervisor {
+    config_file: PathBuf,
+    state_dir: PathBuf,
+    text: String,
+    report: Arc<CameraReport>,
+    drain: Drain,
+}
+
+impl Supervisor {
+    async fn run(self) {
+        let mut backoff = FIRST_RESTART;
+        loop {
+            let started = Instant::now();
+            match self.run_once().await {
+                Ok(()) => return,
+                Err(why) => {
+                    tracing::warn!("{why}; restarting in {}s", backoff.as_secs());
+                    self.report.set_state(&format!("restarting: {why}"));
+                }
+            }
+            if started.elapsed() >= HEALTHY_AFTER {
+                backoff = FIRST_RESTART;
+            }
+            tokio::select! {
+                () = self.drain.started() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_RESTART);
+        }
+    }
+
+    /// Runs dnsmasq until it exits (an error) or camgate stops it (`Ok`).
+    async fn run_once(&self) -> Result<(), String> {
+        write_config(&self.state_dir, &self.config_file, &self.text)
+            .map_err(|e| format!("cannot write {}: {e}", self.config_file.display()))?;
+        let mut child = tokio::process::Command::new(DNSMASQ)
+            .arg("--keep-in-foreground")
+            .arg(format!("--conf-file={}", self.config_file.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start {DNSMASQ} (Debian package dnsmasq-base): {e}"))?;
+        self.report.set_state("running");
+        let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+        loop {
+            tokio::select! {
+                () = self.drain.started() => {
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    return Ok(());
+                }
+                line = lines.next_line() => match line {
+                    Ok(Some(line)) => self.log(&line),
+                    // dnsmasq closed its stderr: it is exiting.
+                    Ok(None) | Err(_) => break,
+                },
+            }
+        }
+        let status = child.wait().await.map_err(|e| e.to_string())?;
+        Err(format!("dnsmasq exited ({status})"))
+    }
+
+    fn log(&self, line: &str) {
+        if let Some(query) = dnsmasq::query(line) {
+            tracing::debug!(camera = %query.from, name = %query.name, kind = %query.kind, "camera DNS query");
+            self.report.record_query(&query, unix_now());
+        } else if line.contains("warning") || line.contains("FAILED") || line.contains("failed") {
+            tracing::warn!("{line}");
+        } else if line.contains("DHCPACK") {
+            tracing::info!("{line}");
+        } else {
+            tracing::debug!("{line}");
+        }
+    }
+}
+
+fn write_config(dir: &Path, file: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(file, text)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[derive(Debug)]
+struct Segment {
+    lease_file: PathBuf,
+    known: Vec<KnownCamera>,
+}
+
+/// What cameras revealed, bounded.
+#[derive(Debug, Default)]
+pub struct CameraReport {
+    segment: ArcSwapOption<Segment>,
+    dns: Mutex<HashMap<Ipv4Addr, HashMap<String, NameCount>>>,
+    state: Mutex<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NameCount {
+    pub name: String,
+    pub count: u64,
+    pub first_seen: u64,
+    pub last_seen: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CameraView {
+    /// From `[[camera]]`, else the name the camera gave in DHCP.
+    pub name: Option<String>,
+    pub mac: Option<String>,
+    pub address: Ipv4Addr,
+    /// `leased` (holds a lease now), `known` (a `[[camera]]` without a
+    /// lease), `seen` (asked DNS without a lease on record).
+    pub state: &'static str,
+    /// Unix seconds; 0 for an infinite lease.
+    pub lease_expires: Option<u64>,
+    /// Names it tried to resolve (all answered NXDOMAIN), most asked first.
+    pub dns: Vec<NameCount>,
+}
+
+impl CameraReport {
+    fn set_state(&self, state: &str) {
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = state.to_owned();
+    }
+
+    fn state(&self) -> String {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record_query(&self, query: &dnsmasq::Query, now: u64) {
+        let mut dns = self.dns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !dns.contains_key(&query.from) && dns.len() >= MAX_CAMERAS {
+            return;
+        }
+        let names = dns.entry(query.from).or_default();
+        if let Some(entry) = names.get_mut(&query.name) {
+            entry.count += 1;
+            entry.last_seen = now;
+        } else if names.len() < MAX_NAMES_PER_CAMERA {
+            names.insert(
+                query.name.clone(),
+                NameCount {
+                    name: query.name.clone(),
+                    count: 1,
+                    first_seen: now,
+                    last_seen: now,
+                },
+            );
+        }
+    }
+
+    /// Known cameras, leases and DNS askers, one entry per address. Reads
+    /// the lease file: call off the async runtime.
+    pub fn cameras(&self) -> Vec<CameraView> {
+        let Some(segment) = self.segment.load_full() else {
+            return Vec::new();
+        };
+        let leases = std::fs::read_to_string(&segment.lease_file)
+            .map(|text| dnsmasq::leases(&text))
+            .unwrap_or_default();
+        let dns = self
+            .dns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut views: Vec<CameraView> = Vec::new();
+        for lease in &leases {
+            let known = segment.known.iter().find(|k| k.mac == lease.mac);
+            views.push(CameraView {
+                name: known.map(|k| k.name.clone()).or_else(|| lease.hostname.clone()),
+                mac: Some(lease.mac.clone()),
+                address: lease.address,
+                state: "leased",
+                lease_expires: Some(lease.expires),
+                dns: Vec::new(),
+            });
+        }
+        for known in &segment.known {
+            if !views.iter().any(|v| v.mac.as_deref() == Some(known.mac.as_str())) {
+                views.push(CameraView {
+                    name: Some(known.name.clone()),
+                    mac: Some(known.mac.clone()),
+                    address: known.address,
+                    state: "known",
+                    lease_expires: None,
+                    dns: Vec::new(),
+                });
+            }
+        }
+        for address in dns.keys() {
+            if !views.iter().any(|v| v.address == *address) {
+                views.push(CameraView {
+                    name: None,
+                    mac: None,
+                    address: *address,
+                    state: "seen",
+                    lease_expires: None,
+                    dns: Vec::new(),
+                });
+            }
+        }
+        for view in &mut views {
+            if let Some(names) = dns.get(&view.address) {
+                view.dns = names.values().cloned().collect();
+                view.dns
+                    .sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+            }
+        }
+        views.sort_by_key(|v| v.address);
+        views
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &str, from: &str) -> dnsmasq::Query {
+        dnsmasq::Query {
+            name: name.to_owned(),
+            kind: "A".to_owned(),
+            from: from.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn report_joins_leases_known_cameras_and_dns_names_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease_file = dir.path().join("leases");
+        std::fs::write(
+            &lease_file,
+            "1795325745 0e:b1:55:48:a0:87 10.77.0.104 cam1 *\n0 aa:bb:cc:00:11:22 10.77.0.20 * *\n",
+        )
+        .unwrap();
+        let report = CameraReport::default();
+        report.segment.store(Some(Arc::new(Segment {
+            lease_file,
+            known: vec![
+                KnownCamera {
+                    name: "porch".to_owned(),
+                    mac: "aa:bb:cc:00:11:22".to_owned(),
+                    address: "10.77.0.20".parse().unwrap(),
+                },
+                KnownCamera {
+                    name: "garage".to_owned(),
+                    mac: "aa:bb:cc:00:11:33".to_owned(),
+                    address: "10.77.0.21".parse().unwrap(),
+                },
+            ],
+        })));
+        report.record_query(&query("p2p.cloud.example", "10.77.0.104"), 100);
+        report.record_query(&query("p2p.cloud.example", "10.77.0.104"), 160);
+        report.record_query(&query("ntp.example", "10.77.0.104"), 120);
+        report.record_query(&query("x.example", "10.77.0.99"), 130);
+        for i in 0..MAX_NAMES_PER_CAMERA + 10 {
+            report.record_query(&query(&format!("n{i}.example"), "10.77.0.20"), 140);
+        }
+        let views = report.cameras();
+        let summary: Vec<(String, &str, Option<String>)> = views
+            .iter()
+            .map(|v| (v.address.to_string(), v.state, v.name.clone()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("10.77.0.20".to_owned(), "leased", Some("porch".to_owned())),
+                ("10.77.0.21".to_owned(), "known", Some("garage".to_owned())),
+                ("10.77.0.99".to_owned(), "seen", None),
+                ("10.77.0.104".to_owned(), "leased", Some("cam1".to_owned())),
+            ]
+        );
+        let cam1 = &views[3].dns;
+        assert_eq!(
+            (
+                cam1[0].name.as_str(),
+                cam1[0].count,
+                cam1[0].first_seen,
+                cam1[0].last_seen
+            ),
+            ("p2p.cloud.example", 2, 100, 160)
+        );
+        assert_eq!(
+            views[0].dns.len(),
+            MAX_NAMES_PER_CAMERA,
+            "names per camera are capped"
+        );
+    }
+}
