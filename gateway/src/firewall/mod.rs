@@ -19,7 +19,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::process::Command;
 use std::sync::{Arc, mpsc};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::{IpNet, Ipv4Net};
 use nftables::helper::{self, NftablesError};
@@ -409,6 +409,10 @@ pub struct Prepared {
     forwards: Vec<KernelForward>,
     isolation: Option<Isolation>,
     ruleset: Option<Nftables<'static>>,
+    /// Building the batch, route and address lookups included.
+    planned_in: Duration,
+    /// `nft --check`.
+    checked_in: Duration,
 }
 
 /// camgate's table, as applied.
@@ -439,13 +443,19 @@ impl Firewall {
                 forwards: Vec::new(),
                 isolation: None,
                 ruleset: None,
+                planned_in: Duration::ZERO,
+                checked_in: Duration::ZERO,
             });
         }
+        let started = Instant::now();
         let (forwards, isolation, ruleset) = plan_parts(config, self.backend.as_ref())?;
+        let planned_in = started.elapsed();
         self.backend.check(&ruleset)?;
         Ok(Prepared {
             forwards,
             isolation,
+            planned_in,
+            checked_in: started.elapsed() - planned_in,
             ruleset: Some(ruleset),
         })
     }
@@ -462,7 +472,16 @@ impl Firewall {
             self.backend.enable_forwarding(ipv6)?;
         }
         // The rules first: an interface that comes up must already be isolated.
+        let started = Instant::now();
         self.backend.apply(&ruleset)?;
+        // `tests/bench/firewall.sh` reads these.
+        tracing::info!(
+            planned_ms = prepared.planned_in.as_secs_f64() * 1e3,
+            checked_ms = prepared.checked_in.as_secs_f64() * 1e3,
+            applied_ms = started.elapsed().as_secs_f64() * 1e3,
+            objects = ruleset.objects.len(),
+            "firewall table applied"
+        );
         if let Some(cameras) = cameras {
             self.backend.set_up_camera_interface(cameras)?;
             tracing::info!(interface = %cameras.interface(), address = %cameras.address,
