@@ -634,3 +634,42 @@ fn cameras_get_leases_resolve_nothing_and_show_what_they_asked() {
         "{status}"
     );
 }
+
+#[test]
+fn without_cap_net_admin_camgate_exposes_nothing() {
+    let net = topology();
+    let (gw, wan) = (net.ns("gw"), net.ns("wan"));
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("camgate.toml");
+    std::fs::write(
+        &config_path,
+        config(&dir.path().join("state"), "\"192.168.77.50\"", ""),
+    )
+    .unwrap();
+    // Root, but without the capability nftables needs.
+    let output = gw
+        .command(require_binary("setpriv", "util-linux"))
+        .args(["--bounding-set", "-net_admin", "--inh-caps", "-net_admin"])
+        .arg(camgate_tests::camgate::binary())
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(71), "{stderr}");
+    assert!(
+        stderr.contains("nft") && stderr.contains("Operation not permitted"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listener ready"), "something listened: {stderr}");
+    assert!(connect(wan, "192.168.77.2:443").is_err());
+    let tables = String::from_utf8(
+        gw.command("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(!tables.contains("camgate"), "{tables}");
+}
