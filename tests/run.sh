@@ -15,7 +15,7 @@ if ! command -v cargo >/dev/null; then
 fi
 
 # Peer programs and tools the tests run. Missing ones fail the tests, never skip them.
-packages=(iproute2 iputils-ping procps systemd curl openssl motion ffmpeg pebble coturn nftables python3 dnsmasq-base udhcpc
+packages=(iproute2 iputils-ping procps systemd curl openssl motion ffmpeg pebble coturn nftables python3 dnsmasq-base udhcpc chrony
   chromium chromium-driver python3-selenium fonts-dejavu-core)
 missing=()
 for package in "${packages[@]}"; do
@@ -24,7 +24,18 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Install services (chrony, coturn) without starting them on this machine: the tests run their own.
+  policy_rc_d=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    policy_rc_d=1
+  fi
+  installed=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+    installed=$?
+  [ -z "$policy_rc_d" ] || rm -f /usr/sbin/policy-rc.d
+  [ "$installed" = 0 ] || exit "$installed"
 fi
 
 # The integration tests run target/debug/camgate: build it first so they

@@ -493,7 +493,7 @@ fn dhcp(ns: &Netns, dir: &Path, hostname: &str) -> String {
 }
 
 #[test]
-fn cameras_get_leases_resolve_nothing_and_show_what_they_asked() {
+fn cameras_get_leases_and_time_resolve_nothing_and_show_what_they_asked() {
     let net = Topology::builder("isd")
         .switch("lansw", &[("gw", "192.168.77.2/24")])
         .switch(
@@ -551,6 +551,26 @@ fn cameras_get_leases_resolve_nothing_and_show_what_they_asked() {
         assert!(len >= 12 && answer[..2] == [0x12, 0x34]);
         assert_eq!(answer[3] & 0x0f, 3, "NXDOMAIN");
     }
+
+    // NTP from camgate: a server answer (mode 4) with the appliance's time.
+    let ntp = cam.run(|| UdpSocket::bind(format!("{address}:0")).unwrap());
+    ntp.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let answer = wait_until("chronyd to answer NTP", Duration::from_secs(10), || {
+        let mut request = [0u8; 48];
+        request[0] = 0x23; // version 4, client
+        ntp.send_to(&request, "10.77.0.1:123").ok()?;
+        let mut answer = [0u8; 128];
+        let len = ntp.recv(&mut answer).ok()?;
+        (len >= 48).then_some(answer)
+    });
+    assert_eq!(answer[0] & 0x07, 4, "server mode");
+    assert!((1..16).contains(&answer[1]), "stratum {}", answer[1]);
+    let transmit = u64::from(u32::from_be_bytes(answer[40..44].try_into().unwrap())) - 2_208_988_800;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(transmit.abs_diff(now) <= 5, "NTP time {transmit} vs {now}");
 
     // /api/cameras (admin only): leases, names, and what each camera asked.
     let url = "http://127.0.0.1:8080/api/cameras";
@@ -630,7 +650,7 @@ fn cameras_get_leases_resolve_nothing_and_show_what_they_asked() {
         .cloned();
     assert_eq!(
         subsystem.map(|s| s["detail"].clone()),
-        Some(serde_json::json!("running")),
+        Some(serde_json::json!("chronyd: running; dnsmasq: running")),
         "{status}"
     );
 }

@@ -24,6 +24,7 @@ pub fn config(cameras: &Cameras, lease_file: &Path) -> String {
          no-ping\ndhcp-authoritative\n\
          dhcp-range={first},{last},{netmask},{LEASE_TIME}\n\
          dhcp-option=option:router,{camgate}\n\
+         dhcp-option=option:ntp-server,{camgate}\n\
          dhcp-leasefile={leases}\n",
         interface = cameras.interface(),
         netmask = cameras.address.netmask(),
@@ -140,6 +141,7 @@ mod tests {
             "log-queries",
             "dhcp-range=10.77.0.2,10.77.0.254,255.255.255.0,12h",
             "dhcp-option=option:router,10.77.0.1",
+            "dhcp-option=option:ntp-server,10.77.0.1",
             "dhcp-leasefile=/var/lib/camgate/cameras/leases",
             "dhcp-host=aa:bb:cc:00:11:22,10.77.0.20,porch",
         ] {

@@ -1,8 +1,11 @@
-//! The camera segment's services: dnsmasq (DHCP with fixed leases for
-//! `[[camera]]`, and a DNS that resolves nothing), started, supervised and
-//! reconfigured by camgate; and what cameras reveal through it (leases, the
-//! names they try to resolve) for `GET /api/cameras`.
+//! The camera segment's services, started, supervised and reconfigured by
+//! camgate: dnsmasq (DHCP with fixed leases for `[[camera]]`, and a DNS
+//! that resolves nothing) and chronyd (NTP from the appliance's clock:
+//! ONVIF's WS-Security timestamps and recordings need the right time); and
+//! what cameras reveal through them (leases, the names they try to resolve)
+//! for `GET /api/cameras`.
 
+pub mod chrony;
 pub mod dnsmasq;
 
 use std::collections::HashMap;
@@ -23,7 +26,6 @@ use crate::config::network::{Cameras, KnownCamera};
 use crate::daemon::{SubsystemState, SubsystemStatus};
 use crate::shutdown::Drain;
 
-const DNSMASQ: &str = "dnsmasq";
 /// Distinct names kept per camera, and cameras tracked: a camera spraying
 /// random names cannot grow memory without bound.
 const MAX_NAMES_PER_CAMERA: usize = 256;
@@ -38,7 +40,8 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 pub struct CameraService {
     managed: bool,
     state_dir: PathBuf,
-    running: Option<Running>,
+    dnsmasq: Option<Running>,
+    chrony: Option<Running>,
     report: Arc<CameraReport>,
 }
 
@@ -49,21 +52,70 @@ struct Running {
     stopped: Option<oneshot::Receiver<()>>,
 }
 
+/// A program camgate supervises for the camera segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Program {
+    Dnsmasq,
+    Chrony,
+}
+
+impl Program {
+    fn binary(self) -> &'static str {
+        match self {
+            Self::Dnsmasq => "dnsmasq",
+            Self::Chrony => "chronyd",
+        }
+    }
+
+    fn package(self) -> &'static str {
+        match self {
+            Self::Dnsmasq => "dnsmasq-base",
+            Self::Chrony => "chrony",
+        }
+    }
+
+    fn config_file(self) -> &'static str {
+        match self {
+            Self::Dnsmasq => "dnsmasq.conf",
+            Self::Chrony => "chrony.conf",
+        }
+    }
+
+    /// Both stay in the foreground and log to stderr.
+    fn args(self, config_file: &Path) -> Vec<String> {
+        match self {
+            Self::Dnsmasq => vec![
+                "--keep-in-foreground".to_owned(),
+                format!("--conf-file={}", config_file.display()),
+            ],
+            // -x: chronyd never sets the system clock; it serves the time
+            // the appliance keeps (its own NTP client sets that).
+            Self::Chrony => vec![
+                "-d".to_owned(),
+                "-x".to_owned(),
+                "-f".to_owned(),
+                config_file.display().to_string(),
+            ],
+        }
+    }
+}
+
 impl CameraService {
     pub fn start(config: &Config, drain: &Drain) -> Self {
         let mut service = Self {
             managed: config.manages_system(),
             state_dir: config.daemon.state_dir.join("cameras"),
-            running: None,
+            dnsmasq: None,
+            chrony: None,
             report: Arc::default(),
         };
         service.configure(config, drain);
         service
     }
 
-    /// Restarts dnsmasq if its configuration changed (a reload's commit:
-    /// it cannot fail; a dnsmasq that cannot start is retried and shows in
-    /// the status).
+    /// Restarts dnsmasq or chronyd where their configuration changed (a
+    /// reload's commit: it cannot fail; a program that cannot start is
+    /// retried and shows in the status).
     pub fn configure(&mut self, config: &Config, drain: &Drain) {
         let cameras = config.network.as_ref().and_then(|n| n.cameras.as_ref());
         let lease_file = self.state_dir.join("dnsmasq.leases");
@@ -73,25 +125,45 @@ impl CameraService {
                 known: cameras.known.clone(),
             })
         }));
-        let wanted = cameras
-            .filter(|_| self.managed)
-            .map(|c| dnsmasq::config(c, &lease_file));
-        if self.running.as_ref().map(|r| &r.config) == wanted.as_ref() {
-            return;
+        let cameras = cameras.filter(|_| self.managed);
+        let dnsmasq = cameras.map(|c| dnsmasq::config(c, &lease_file));
+        let chrony = cameras.map(|c| chrony::config(c, &self.state_dir.join("chronyd.pid")));
+        let running = self.dnsmasq.take();
+        self.dnsmasq = self.restart_if_changed(Program::Dnsmasq, running, dnsmasq, cameras, drain);
+        let running = self.chrony.take();
+        self.chrony = self.restart_if_changed(Program::Chrony, running, chrony, cameras, drain);
+    }
+
+    /// What runs `program` after this: `running` if its config is
+    /// `wanted`, else a new supervisor (or none).
+    fn restart_if_changed(
+        &self,
+        program: Program,
+        running: Option<Running>,
+        wanted: Option<String>,
+        cameras: Option<&Cameras>,
+        drain: &Drain,
+    ) -> Option<Running> {
+        if running.as_ref().map(|r| &r.config) == wanted.as_ref() {
+            return running;
         }
-        let previous = self.running.take().and_then(|mut old| {
+        let previous = running.and_then(|mut old| {
             old.drain.stop();
             old.stopped.take()
         });
-        if let (Some(text), Some(cameras)) = (wanted, cameras) {
-            self.running = Some(self.supervise(text, cameras, previous, drain));
-        } else {
-            self.report.set_state("not running: no [cameras] segment");
+        match (wanted, cameras) {
+            (Some(text), Some(cameras)) => Some(self.supervise(program, text, cameras, previous, drain)),
+            _ => {
+                self.report
+                    .set_state(program, "not running: no [cameras] segment");
+                None
+            }
         }
     }
 
     fn supervise(
         &self,
+        program: Program,
         text: String,
         cameras: &Cameras,
         previous: Option<oneshot::Receiver<()>>,
@@ -100,16 +172,17 @@ impl CameraService {
         let child = drain.child();
         let (done, stopped) = oneshot::channel();
         let supervisor = Supervisor {
-            config_file: self.state_dir.join("dnsmasq.conf"),
+            program,
+            config_file: self.state_dir.join(program.config_file()),
             state_dir: self.state_dir.clone(),
             text: text.clone(),
             report: Arc::clone(&self.report),
             drain: child.clone(),
         };
-        let span = tracing::info_span!("dnsmasq", interface = %cameras.interface());
+        let span = tracing::info_span!("camera_service", program = program.binary(), interface = %cameras.interface());
         child.spawn(
             async move {
-                // The old dnsmasq must have let go of ports 53 and 67.
+                // The old process must have let go of its ports.
                 if let Some(previous) = previous {
                     let _ = previous.await;
                 }
@@ -130,7 +203,7 @@ impl CameraService {
     }
 
     pub fn status(&self) -> SubsystemStatus {
-        let state = if self.running.is_some() {
+        let state = if self.dnsmasq.is_some() {
             SubsystemState::Running
         } else {
             SubsystemState::Disabled
@@ -149,6 +222,7 @@ impl CameraService {
 }
 
 struct Supervisor {
+    program: Program,
     config_file: PathBuf,
     state_dir: PathBuf,
     text: String,
@@ -165,7 +239,7 @@ impl Supervisor {
                 Ok(()) => return,
                 Err(why) => {
                     tracing::warn!("{why}; restarting in {}s", backoff.as_secs());
-                    self.report.set_state(&format!("restarting: {why}"));
+                    self.report.set_state(self.program, &format!("restarting: {why}"));
                 }
             }
             if started.elapsed() >= HEALTHY_AFTER {
@@ -179,20 +253,25 @@ impl Supervisor {
         }
     }
 
-    /// Runs dnsmasq until it exits (an error) or camgate stops it (`Ok`).
+    /// Runs the program until it exits (an error) or camgate stops it (`Ok`).
     async fn run_once(&self) -> Result<(), String> {
         write_config(&self.state_dir, &self.config_file, &self.text)
             .map_err(|e| format!("cannot write {}: {e}", self.config_file.display()))?;
-        let mut child = tokio::process::Command::new(DNSMASQ)
-            .arg("--keep-in-foreground")
-            .arg(format!("--conf-file={}", self.config_file.display()))
+        let binary = self.program.binary();
+        let mut child = tokio::process::Command::new(binary)
+            .args(self.program.args(&self.config_file))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| format!("cannot start {DNSMASQ} (Debian package dnsmasq-base): {e}"))?;
-        self.report.set_state("running");
+            .map_err(|e| {
+                format!(
+                    "cannot start {binary} (Debian package {}): {e}",
+                    self.program.package()
+                )
+            })?;
+        self.report.set_state(self.program, "running");
         let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
         loop {
             tokio::select! {
@@ -203,20 +282,23 @@ impl Supervisor {
                 }
                 line = lines.next_line() => match line {
                     Ok(Some(line)) => self.log(&line),
-                    // dnsmasq closed its stderr: it is exiting.
+                    // It closed its stderr: it is exiting.
                     Ok(None) | Err(_) => break,
                 },
             }
         }
         let status = child.wait().await.map_err(|e| e.to_string())?;
-        Err(format!("dnsmasq exited ({status})"))
+        Err(format!("{binary} exited ({status})"))
     }
 
     fn log(&self, line: &str) {
         if let Some(query) = dnsmasq::query(line) {
             tracing::debug!(camera = %query.from, name = %query.name, kind = %query.kind, "camera DNS query");
             self.report.record_query(&query, unix_now());
-        } else if line.contains("warning") || line.contains("FAILED") || line.contains("failed") {
+        } else if ["warning", "FAILED", "failed", "Fatal", "Could not"]
+            .iter()
+            .any(|word| line.contains(word))
+        {
             tracing::warn!("{line}");
         } else if line.contains("DHCPACK") {
             tracing::info!("{line}");
@@ -248,7 +330,8 @@ struct Segment {
 pub struct CameraReport {
     segment: ArcSwapOption<Segment>,
     dns: Mutex<HashMap<Ipv4Addr, HashMap<String, NameCount>>>,
-    state: Mutex<String>,
+    /// Per program: running, restarting (why), not running.
+    states: Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -275,18 +358,24 @@ pub struct CameraView {
 }
 
 impl CameraReport {
-    fn set_state(&self, state: &str) {
-        *self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = state.to_owned();
-    }
-
-    fn state(&self) -> String {
-        self.state
+    fn set_state(&self, program: Program, state: &str) {
+        self.states
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+            .insert(program.binary(), state.to_owned());
+    }
+
+    /// `chronyd: running; dnsmasq: running`.
+    fn state(&self) -> String {
+        let states = self
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        states
+            .iter()
+            .map(|(program, state)| format!("{program}: {state}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     fn record_query(&self, query: &dnsmasq::Query, now: u64) {
