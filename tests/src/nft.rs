@@ -21,6 +21,16 @@ pub fn load(ns: &Netns, rules: &str) {
     );
 }
 
+/// `nft ARGS` in `ns`: what it prints.
+pub fn output(ns: &Netns, args: &[&str]) -> String {
+    let output = ns
+        .command("nft")
+        .args(args)
+        .output()
+        .expect("nft (Debian package nftables)");
+    String::from_utf8(output.stdout).expect("nft prints UTF-8")
+}
+
 /// Counts packets entering a namespace that match any of its expressions,
 /// before any other table sees them.
 #[derive(Debug)]
@@ -41,13 +51,9 @@ impl<'a> Recorder<'a> {
 
     /// Packets counted so far, all expressions together.
     pub fn packets(&self) -> u64 {
-        let output = self
-            .0
-            .command("nft")
-            .args(["-j", "list", "table", "inet", "recorder"])
-            .output()
-            .expect("nft");
-        let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("nft -j output");
+        let json: serde_json::Value =
+            serde_json::from_str(&output(self.0, &["-j", "list", "table", "inet", "recorder"]))
+                .expect("nft -j output");
         json["nftables"]
             .as_array()
             .expect("nftables array")

@@ -21,7 +21,7 @@ use std::time::Duration;
 use camgate_tests::camgate::{Camgate, Launch};
 use camgate_tests::lab::{basic, hash_password};
 use camgate_tests::netns::{Netns, Topology, switch_port};
-use camgate_tests::nft::Recorder;
+use camgate_tests::nft::{Recorder, output as nft_output};
 use camgate_tests::process::{require_binary, wait_until};
 use camgate_tests::tls::{TlsClient, get_request_with};
 
@@ -128,15 +128,19 @@ fn ping(ns: &Netns, target: &str) -> bool {
 }
 
 fn counter(gw: &Netns, name: &str) -> u64 {
-    let output = gw
-        .command("nft")
-        .args(["-j", "list", "counter", "inet", "camgate", name])
-        .output()
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&nft_output(
+        gw,
+        &["-j", "list", "counter", "inet", "camgate", name],
+    ))
+    .unwrap();
     json["nftables"][1]["counter"]["packets"]
         .as_u64()
         .unwrap_or_else(|| panic!("counter {name}: {json}"))
+}
+
+fn assert_no_table(ns: &Netns) {
+    let tables = nft_output(ns, &["list", "tables"]);
+    assert!(!tables.contains("camgate"), "camgate's table is there: {tables}");
 }
 
 /// Everything a hostile camera tries: TCP to telnet/web/TR-069 ports, UDP
@@ -246,14 +250,7 @@ fn cameras_reach_nothing_and_only_dvr_hosts_reach_cameras() {
         bad,
         &["192.168.77.50", "192.168.77.60", "192.168.77.254", "203.0.113.2"],
     );
-    assert!(
-        !bad.command("ping")
-            .args(["-6", "-c", "1", "-W", "1", "2001:db8:9::2"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    assert!(!ping(bad, "2001:db8:9::2"), "a camera pinged over IPv6");
     // camgate itself: not its admin listener, not its other ports.
     assert!(
         connect(bad, "10.77.0.1:8080").is_err(),
@@ -323,14 +320,7 @@ fn cameras_reach_nothing_and_only_dvr_hosts_reach_cameras() {
     camgate.write_config(&config(&dir.path().join("state"), "", &site));
     let ready = camgate.reload();
     assert!(ready.contains("generation 2"), "{ready}\n{}", camgate.stderr());
-    let bans = String::from_utf8(
-        gw.command("nft")
-            .args(["list", "set", "inet", "camgate", "banned4"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let bans = nft_output(gw, &["list", "set", "inet", "camgate", "banned4"]);
     assert!(
         bans.contains("203.0.113.2"),
         "the ban was lost in the reload: {bans}"
@@ -373,15 +363,7 @@ fn a_camera_subnet_overlapping_the_uplink_exposes_nothing() {
         "{stderr}"
     );
     // Fail closed: no table and no listener were left behind.
-    let tables = String::from_utf8(
-        gw.command("nft")
-            .args(["list", "tables"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    assert!(!tables.contains("camgate"), "{tables}");
+    assert_no_table(gw);
     assert!(connect(net.ns("dvr"), "10.77.0.2:8080").is_err());
 }
 
@@ -426,26 +408,10 @@ fn firewall_show_prints_the_table_nft_would_load() {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
     // Shown, not applied; and what it shows loads as it is.
-    let tables = String::from_utf8(
-        gw.command("nft")
-            .args(["list", "tables"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    assert!(!tables.contains("camgate"), "show applied the table: {tables}");
+    assert_no_table(gw);
     let scratch = net.ns("scratch");
     camgate_tests::nft::load(scratch, &text);
-    let loaded = String::from_utf8(
-        scratch
-            .command("nft")
-            .args(["list", "chain", "inet", "camgate", "to-cameras"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let loaded = nft_output(scratch, &["list", "chain", "inet", "camgate", "to-cameras"]);
     assert!(loaded.contains("@dvr-hosts"), "{loaded}");
     let json: serde_json::Value = serde_json::from_str(&show(&["--json"])).unwrap();
     assert!(json["nftables"].as_array().unwrap().len() > 20, "{json}");
@@ -683,13 +649,5 @@ fn without_cap_net_admin_camgate_exposes_nothing() {
     );
     assert!(!stderr.contains("listener ready"), "something listened: {stderr}");
     assert!(connect(wan, "192.168.77.2:443").is_err());
-    let tables = String::from_utf8(
-        gw.command("nft")
-            .args(["list", "tables"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    assert!(!tables.contains("camgate"), "{tables}");
+    assert_no_table(gw);
 }
