@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::net::IpAddr;
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
@@ -195,8 +196,11 @@ impl Backend for Nft {
             ])
             .map_err(failed)?;
         }
-        let ipv6_off = format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6");
-        std::fs::write(&ipv6_off, "1").map_err(|e| failed(format!("{ipv6_off}: {e}")))?;
+        // A kernel without IPv6 (ipv6.disable=1) has no such file: nothing to turn off.
+        if Path::new("/proc/sys/net/ipv6").exists() {
+            let ipv6_off = format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6");
+            std::fs::write(&ipv6_off, "1").map_err(|e| failed(format!("{ipv6_off}: {e}")))?;
+        }
         let wanted = IpNet::V4(cameras.address);
         let current: Vec<IpNet> = Self::addresses(&interface)?
             .into_iter()
