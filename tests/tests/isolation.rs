@@ -651,3 +651,53 @@ fn without_cap_net_admin_camgate_exposes_nothing() {
     assert!(connect(wan, "192.168.77.2:443").is_err());
     assert_no_table(gw);
 }
+
+#[test]
+fn a_wan_nic_admits_only_camgates_listeners() {
+    // camgate as the edge router: its own WAN NIC towards the internet host.
+    let net = Topology::builder("isw")
+        .link(("gw", "203.0.113.1/24"), ("wan", "203.0.113.2/24"))
+        .switch(
+            "lansw",
+            &[("gw", "192.168.77.2/24"), ("other", "192.168.77.60/24")],
+        )
+        .route("wan", "default", "203.0.113.1")
+        .build();
+    let (gw, wan, other) = (net.ns("gw"), net.ns("wan"), net.ns("other"));
+    let wan_nic = String::from_utf8(gw.ip(&["-o", "addr", "show", "to", "203.0.113.1"]).stdout).unwrap();
+    let wan_nic = wan_nic.split_whitespace().nth(1).unwrap().to_owned();
+    // Something else listening on camgate, as sshd would.
+    let _ssh = gw.run(|| TcpListener::bind("0.0.0.0:2222").unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let _camgate = Camgate::start(Launch {
+        netns: Some(gw),
+        config: Some(format!(
+            "[daemon]\nmode = \"appliance\"\nstate_dir = \"{}\"\n[admin]\nlisten = [\"0.0.0.0:8080\"]\n\
+             [network]\nuplink = \"{}\"\nwan = \"{wan_nic}\"\n",
+            dir.path().join("state").display(),
+            switch_port("lansw"),
+        )),
+        env: Vec::new(),
+    });
+    assert!(
+        connect(wan, "203.0.113.1:443").is_ok(),
+        "the proxy is open on the WAN"
+    );
+    assert!(
+        connect(wan, "203.0.113.1:80").is_ok(),
+        "so is HTTP (ACME HTTP-01)"
+    );
+    assert!(ping(wan, "203.0.113.1"), "ping is answered");
+    assert!(
+        connect(wan, "203.0.113.1:2222").is_err(),
+        "another service was reachable from the WAN"
+    );
+    assert!(
+        connect(wan, "203.0.113.1:8080").is_err(),
+        "the admin listener was reachable from the WAN"
+    );
+    assert!(counter(gw, "wan-dropped") >= 2);
+    // The LAN still reaches both.
+    assert!(connect(other, "192.168.77.2:2222").is_ok());
+    assert!(connect(other, "192.168.77.2:8080").is_ok());
+}

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::auth::{BanSink, NoSink};
 use crate::config::Config;
-use crate::config::forward::{ForwardMode, Masquerade};
+use crate::config::forward::{ForwardMode, Masquerade, PortRange, Protocol};
 use crate::config::network::{Cameras, Network};
 use crate::daemon::{SubsystemState, SubsystemStatus};
 pub use ruleset::{CounterNames, Isolation, KernelForward};
@@ -373,6 +373,42 @@ fn plan_parts(config: &Config, backend: &dyn Backend) -> Result<Plan, FirewallEr
     Ok((forwards, isolation, ruleset))
 }
 
+/// camgate's own listeners off loopback: the proxy, userspace forwards and
+/// the STUN responder.
+fn wan_open(config: &Config) -> Vec<(Protocol, PortRange)> {
+    let single = |port: u16| PortRange {
+        first: port,
+        last: port,
+    };
+    let public = |address: &&std::net::SocketAddr| !address.ip().is_loopback();
+    let mut open: Vec<(Protocol, PortRange)> = config
+        .proxy
+        .https_listen
+        .iter()
+        .chain(&config.proxy.http_listen)
+        .filter(public)
+        .map(|address| (Protocol::Tcp, single(address.port())))
+        .collect();
+    open.extend(
+        config
+            .forwarding
+            .forwards
+            .iter()
+            .filter(|f| f.mode == ForwardMode::Userspace && !f.listen_address.is_loopback())
+            .map(|f| (f.protocol, f.ports)),
+    );
+    open.extend(
+        config
+            .forwarding
+            .stun_responder
+            .iter()
+            .filter(public)
+            .map(|address| (Protocol::Udp, single(address.port()))),
+    );
+    open.dedup();
+    open
+}
+
 /// The isolation rules' inputs: LAN ranges from the uplink unless
 /// configured, and a camera subnet that does not overlap them.
 fn isolation(network: &Network, config: &Config, backend: &dyn Backend) -> Result<Isolation, FirewallError> {
@@ -401,6 +437,8 @@ fn isolation(network: &Network, config: &Config, backend: &dyn Backend) -> Resul
     admin_ports.dedup();
     Ok(Isolation {
         uplink: network.uplink.clone(),
+        wan: network.wan.clone(),
+        wan_open: wan_open(config),
         lan: network.lan.clone().unwrap_or(uplink_subnets),
         admin_ports,
         cameras: network.cameras.clone(),

@@ -29,12 +29,14 @@ use super::{
     FORWARD, INPUT, SNAT, TABLE, ct, ct_state, equals, field, in_named_set, jump, named_counter,
     regular_chain, rule, set,
 };
+use crate::config::forward::{PortRange, Protocol};
 use crate::config::network::Cameras;
 
 const CAMERA_IN: &str = "camera-in";
 const ADMIN_IN: &str = "admin-in";
 const TO_CAMERAS: &str = "to-cameras";
 const FROM_CAMERAS: &str = "from-cameras";
+const WAN_IN: &str = "wan-in";
 
 /// Ports Mirai and its variants scan and report to (telnet, TR-069,
 /// Huawei HG532): an attempt means the camera is probably compromised.
@@ -43,13 +45,14 @@ const MIRAI_PORTS: [u16; 5] = [23, 2323, 7547, 37215, 48101];
 const P2P_CLOUD_PORTS: [u16; 2] = [32100, 32108];
 
 /// Named counters of the isolation rules, shown in status.
-pub const COUNTERS: [&str; 6] = [
+pub const COUNTERS: [&str; 7] = [
     "camera-in-dropped",
     "camera-mirai",
     "camera-p2p-cloud",
     "camera-egress",
     "to-cameras-dropped",
     "admin-dropped",
+    "wan-dropped",
 ];
 
 /// What the isolation rules need, resolved: LAN ranges read from the uplink
@@ -57,6 +60,11 @@ pub const COUNTERS: [&str; 6] = [
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Isolation {
     pub uplink: String,
+    /// A NIC facing the internet directly (camgate as the edge router).
+    pub wan: Option<String>,
+    /// What the WAN NIC admits besides answers: camgate's own listeners
+    /// (the proxy, userspace forwards, the STUN responder).
+    pub wan_open: Vec<(Protocol, PortRange)>,
     pub lan: Vec<IpNet>,
     /// The admin listener's ports on non-loopback addresses.
     pub admin_ports: Vec<u16>,
@@ -85,7 +93,7 @@ pub(super) fn add_front(batch: &mut Batch<'static>, isolation: &Isolation) {
         true,
         lan6.into_iter().map(prefix).collect(),
     );
-    for chain in [CAMERA_IN, ADMIN_IN, TO_CAMERAS, FROM_CAMERAS] {
+    for chain in [CAMERA_IN, ADMIN_IN, TO_CAMERAS, FROM_CAMERAS, WAN_IN] {
         batch.add(NfListObject::Chain(regular_chain(chain)));
     }
     if let Some(cameras) = &isolation.cameras {
@@ -110,6 +118,9 @@ pub(super) fn add_front(batch: &mut Batch<'static>, isolation: &Isolation) {
                 Statement::Masquerade(None),
             ],
         ));
+    }
+    if let Some(wan) = &isolation.wan {
+        wan_in(batch, wan, &isolation.wan_open);
     }
     if !isolation.admin_ports.is_empty() {
         batch.add(rule(
@@ -138,6 +149,55 @@ pub(super) fn add_front(batch: &mut Batch<'static>, isolation: &Isolation) {
             vec![named_counter("admin-dropped"), Statement::Drop(None)],
         ));
     }
+}
+
+/// The WAN NIC admits answers, camgate's own listeners, ping and IPv6
+/// neighbour discovery; nothing else (no SSH, no admin listener).
+fn wan_in(batch: &mut Batch<'static>, wan: &str, open: &[(Protocol, PortRange)]) {
+    batch.add(rule(
+        INPUT,
+        vec![interface_is(MetaKey::Iifname, wan), jump(WAN_IN)],
+    ));
+    batch.add(rule(
+        WAN_IN,
+        vec![ct_state(&["established", "related"]), Statement::Accept(None)],
+    ));
+    for (protocol, range) in open {
+        batch.add(rule(
+            WAN_IN,
+            vec![
+                equals(field(protocol.as_str(), "dport"), super::ports(*range)),
+                Statement::Accept(None),
+            ],
+        ));
+    }
+    batch.add(rule(
+        WAN_IN,
+        vec![
+            equals(field("icmp", "type"), Expression::String("echo-request".into())),
+            super::limit_per_second(5),
+            Statement::Accept(None),
+        ],
+    ));
+    batch.add(rule(
+        WAN_IN,
+        vec![
+            equals(
+                field("icmpv6", "type"),
+                Expression::Named(NamedExpression::Set(
+                    ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-advert"]
+                        .into_iter()
+                        .map(|t| SetItem::Element(Expression::String(t.into())))
+                        .collect(),
+                )),
+            ),
+            Statement::Accept(None),
+        ],
+    ));
+    batch.add(rule(
+        WAN_IN,
+        vec![named_counter("wan-dropped"), Statement::Drop(None)],
+    ));
 }
 
 fn camera_sets(batch: &mut Batch<'static>, cameras: &Cameras) {
@@ -352,6 +412,8 @@ mod tests {
     pub(crate) fn isolation() -> Isolation {
         Isolation {
             uplink: "lan0".to_owned(),
+            wan: None,
+            wan_open: Vec::new(),
             lan: vec!["192.168.1.0/24".parse().unwrap(), "fd00:1::/64".parse().unwrap()],
             admin_ports: vec![8080],
             cameras: Some(Cameras {
@@ -453,5 +515,48 @@ mod tests {
             "no admin port off loopback"
         );
         assert_eq!(rules_of(&commands, "input").len(), 2, "the two ban rules");
+    }
+
+    #[test]
+    fn a_wan_nic_admits_camgates_listeners_and_drops_the_rest() {
+        let commands = commands(&Isolation {
+            wan: Some("wan0".to_owned()),
+            wan_open: vec![
+                (
+                    Protocol::Tcp,
+                    PortRange {
+                        first: 443,
+                        last: 443,
+                    },
+                ),
+                (
+                    Protocol::Udp,
+                    PortRange {
+                        first: 50000,
+                        last: 50010,
+                    },
+                ),
+            ],
+            ..isolation()
+        });
+        assert!(
+            rules_of(&commands, "input")
+                .iter()
+                .any(|r| r["expr"].to_string().contains("wan0") && r["expr"].to_string().contains("wan-in"))
+        );
+        let wan_in: Vec<String> = rules_of(&commands, "wan-in")
+            .iter()
+            .map(|r| r["expr"].to_string())
+            .collect();
+        assert!(wan_in[0].contains("established"), "{}", wan_in[0]);
+        assert!(wan_in[1].contains("tcp") && wan_in[1].contains("443") && wan_in[1].contains("accept"));
+        assert!(wan_in[2].contains("udp") && wan_in[2].contains("50000") && wan_in[2].contains("50010"));
+        let last = wan_in.last().unwrap();
+        assert!(last.contains("wan-dropped") && last.contains("drop"), "{last}");
+        let without_wan = self::commands(&isolation());
+        assert!(
+            rules_of(&without_wan, "wan-in").is_empty(),
+            "no WAN NIC, no WAN rules"
+        );
     }
 }
