@@ -82,7 +82,10 @@ impl std::ops::DerefMut for PooledBatch {
 impl Drop for PooledBatch {
     fn drop(&mut self) {
         if let Some(mut batch) = self.batch.take() {
+            // A task cancelled mid-batch leaves a run unsent: it must not
+            // reach the next borrower's socket.
             batch.outbox.run = None;
+            batch.outbox.data.clear();
             let mut idle = self.pool.lock();
             if idle.len() < POOL_KEEP {
                 idle.push(batch);
@@ -397,5 +400,23 @@ mod tests {
             .takes(&socket, to, 1200, 1200)
         );
         assert!(!Run { closed: true, ..run }.takes(&socket, to, 1200, 1200));
+    }
+
+    #[tokio::test]
+    async fn an_unsent_run_does_not_outlive_its_borrower() {
+        let (sender, receiver) = (loopback().await, loopback().await);
+        let to = receiver.local_addr().expect("address");
+        let pool = Arc::new(BatchPool::default());
+        let sent = Traffic::default();
+        let mut cancelled = pool.take();
+        cancelled.outbox.push(&sender, to, b"stale", &sent).await;
+        drop(cancelled);
+        let mut batch = pool.take();
+        batch.outbox.push(&sender, to, b"fresh", &sent).await;
+        batch.outbox.flush(&sent).await;
+        let mut buffer = [0; 64];
+        let (len, _) = receiver.recv_from(&mut buffer).await.expect("receive");
+        assert_eq!(&buffer[..len], b"fresh");
+        assert_eq!(sent.get().packets, 1);
     }
 }
