@@ -439,10 +439,30 @@ fn isolation(network: &Network, config: &Config, backend: &dyn Backend) -> Resul
         uplink: network.uplink.clone(),
         wan: network.wan.clone(),
         wan_open: wan_open(config),
-        lan: network.lan.clone().unwrap_or(uplink_subnets),
+        lan: network
+            .lan
+            .clone()
+            .unwrap_or_else(|| admin_lan(&network.uplink, uplink_subnets)),
         admin_ports,
         cameras: network.cameras.clone(),
     })
+}
+
+/// Who may reach the admin listener when `network.lan` is not set: the
+/// uplink's subnets. An uplink without an IPv4 address yet (its DHCP lease
+/// still pending at boot) would lock the LAN out until a reload, so then
+/// the private IPv4 ranges stand in; only packets entering by the uplink
+/// qualify either way, and the internet's reach it with public sources.
+fn admin_lan(uplink: &str, mut subnets: Vec<IpNet>) -> Vec<IpNet> {
+    if !subnets.iter().any(|net| matches!(net, IpNet::V4(_))) {
+        tracing::warn!(%uplink, "the uplink has no IPv4 address yet: the admin listener admits the private ranges on it");
+        subnets.extend(
+            ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+                .iter()
+                .map(|net| net.parse::<IpNet>().expect("a literal CIDR")),
+        );
+    }
+    subnets
 }
 
 /// A batch ready to apply.
@@ -617,5 +637,25 @@ impl Firewall {
                 detail: "dev mode: camgate makes no system changes".to_owned(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uplink_without_ipv4_yet_admits_the_private_ranges() {
+        let own: Vec<IpNet> = vec!["192.168.1.0/24".parse().unwrap(), "fe80::/64".parse().unwrap()];
+        assert_eq!(admin_lan("eth0", own.clone()), own);
+        let link_local_only: Vec<IpNet> = vec!["fe80::/64".parse().unwrap()];
+        let lan: Vec<String> = admin_lan("eth0", link_local_only)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            lan,
+            ["fe80::/64", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+        );
     }
 }
