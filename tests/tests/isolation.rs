@@ -62,14 +62,34 @@ fn topology() -> Topology {
         .build()
 }
 
-/// A DVR site whose API needs a user (alice), with bans after 3 failures.
+/// A DVR site whose API needs a user (alice), with bans after 3 failures;
+/// and an admin (root) for the admin API.
 fn site() -> String {
     let hash = hash_password("correct horse");
+    let root = hash_password(ADMIN_PASSWORD);
     format!(
         "[[site]]\nname = \"agentdvr\"\nhosts = [\"{HOST}\"]\nupstream = \"http://192.168.77.50:8090\"\n\
          profile = \"agentdvr\"\nforwards = false\n[[user]]\nname = \"alice\"\npassword_hash = \"{hash}\"\n\
+         [[user]]\nname = \"root\"\npassword_hash = \"{root}\"\nrole = \"admin\"\n\
          [auth]\nban_after_failures = 3\n"
     )
+}
+
+const ADMIN_PASSWORD: &str = "admin pass";
+
+/// `GET /api/cameras` as the admin, on camgate's own loopback.
+fn cameras_report(gw: &Netns) -> serde_json::Value {
+    let admin = basic("root", ADMIN_PASSWORD);
+    let authorization = admin.trim_start_matches("Authorization: ").trim_end();
+    let reply = camgate_tests::http::request(
+        gw,
+        "GET",
+        "http://127.0.0.1:8080/api/cameras",
+        &[("Authorization", authorization)],
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()
 }
 
 const HOST: &str = "agentdvr.test";
@@ -178,6 +198,31 @@ fn cameras_reach_nothing_and_only_dvr_hosts_reach_cameras() {
         "nodad",
     ]);
     bad.ip(&["-6", "route", "add", "default", "via", "fd77:1::1"]);
+    // As if a rogue router had answered: IPv6 leaves for camgate's MAC.
+    let gw_link: serde_json::Value = serde_json::from_slice(
+        &gw.ip(&["-j", "link", "show", "dev", &switch_port("camsw")])
+            .stdout,
+    )
+    .unwrap();
+    let gw_mac = gw_link[0]["address"].as_str().unwrap().to_owned();
+    bad.ip(&[
+        "-6",
+        "neigh",
+        "add",
+        "fd77:1::1",
+        "lladdr",
+        &gw_mac,
+        "dev",
+        &switch_port("camsw"),
+        "nud",
+        "permanent",
+    ]);
+    let bad_link: serde_json::Value = serde_json::from_slice(
+        &bad.ip(&["-j", "link", "show", "dev", &switch_port("camsw")])
+            .stdout,
+    )
+    .unwrap();
+    let bad_mac = bad_link[0]["address"].as_str().unwrap().to_owned();
     gw.ip(&["-4", "addr", "flush", "dev", &switch_port("camsw")]);
 
     let recorders: Vec<(&str, Recorder<'_>)> = [("dvr", dvr), ("other", other), ("home", home), ("wan", wan)]
@@ -251,6 +296,10 @@ fn cameras_reach_nothing_and_only_dvr_hosts_reach_cameras() {
         &["192.168.77.50", "192.168.77.60", "192.168.77.254", "203.0.113.2"],
     );
     assert!(!ping(bad, "2001:db8:9::2"), "a camera pinged over IPv6");
+    assert!(
+        connect(bad, "[2001:db8:9::2]:23").is_err(),
+        "a camera reached telnet over IPv6"
+    );
     // camgate itself: not its admin listener, not its other ports.
     assert!(
         connect(bad, "10.77.0.1:8080").is_err(),
@@ -274,6 +323,76 @@ fn cameras_reach_nothing_and_only_dvr_hosts_reach_cameras() {
         "80, 443, DNS, NTP and ping to 4 hosts"
     );
     assert!(counter(gw, "camera-in-dropped") >= 1);
+    assert!(counter(gw, "camera-ipv6") >= 2, "IPv6 ping and telnet");
+
+    // The phone-home report: every attempt, by camera (MAC) and destination.
+    let report = wait_until(
+        "the attempts in the camera report",
+        Duration::from_secs(5),
+        || {
+            let list = cameras_report(gw);
+            let entry = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["mac"] == bad_mac.as_str())
+                .cloned()?;
+            (entry["blocked"].as_array()?.len() >= 4 * (PROBE_TCP.len() + PROBE_UDP.len() + 1) + 4)
+                .then_some(entry)
+        },
+    );
+    assert_eq!(report["address"], "10.77.0.66", "{report}");
+    assert_eq!(report["state"], "seen", "{report}");
+    let blocked = report["blocked"].as_array().unwrap();
+    let tried = |kind: &str, protocol: &str, address: &str, port: Option<u16>, icmp_type: Option<u8>| {
+        blocked.iter().any(|a| {
+            a["kind"] == kind
+                && a["protocol"] == protocol
+                && a["address"] == address
+                && a["port"].as_u64() == port.map(u64::from)
+                && a["icmp_type"].as_u64() == icmp_type.map(u64::from)
+                && a["count"].as_u64() >= Some(1)
+                && a["first_seen"].as_u64() <= a["last_seen"].as_u64()
+        })
+    };
+    for target in ["192.168.77.50", "192.168.77.60", "192.168.77.254", "203.0.113.2"] {
+        for port in PROBE_TCP {
+            let kind = if [23, 2323, 7547].contains(&port) {
+                "mirai"
+            } else {
+                "egress"
+            };
+            assert!(
+                tried(kind, "tcp", target, Some(port), None),
+                "tcp {target}:{port} not in {report}"
+            );
+        }
+        for port in PROBE_UDP {
+            let kind = if port > 32000 { "p2p-cloud" } else { "egress" };
+            assert!(
+                tried(kind, "udp", target, Some(port), None),
+                "udp {target}:{port} not in {report}"
+            );
+        }
+        assert!(
+            tried("egress", "icmp", target, None, Some(8)),
+            "ping {target} not in {report}"
+        );
+    }
+    assert!(
+        tried("ipv6", "ipv6-icmp", "2001:db8:9::2", None, Some(128)),
+        "{report}"
+    );
+    assert!(tried("mirai", "tcp", "2001:db8:9::2", Some(23), None), "{report}");
+    assert!(tried("camgate", "tcp", "10.77.0.1", Some(8080), None), "{report}");
+    assert!(
+        tried("camgate", "tcp", "192.168.77.2", Some(8080), None),
+        "{report}"
+    );
+    assert!(
+        camgate.stderr().contains("it is probably compromised"),
+        "the Mirai attempt is logged"
+    );
 
     // The admin listener: the LAN yes, the internet no.
     assert!(
@@ -402,6 +521,7 @@ fn firewall_show_prints_the_table_nft_would_load() {
         "table inet camgate",
         "chain camera-in",
         "chain to-cameras",
+        "hook ingress device",
         "192.168.77.0/24",
         "banned4",
     ] {
@@ -410,6 +530,17 @@ fn firewall_show_prints_the_table_nft_would_load() {
     // Shown, not applied; and what it shows loads as it is.
     assert_no_table(gw);
     let scratch = net.ns("scratch");
+    // The table hooks the camera NIC, which must exist where it loads.
+    scratch.ip(&[
+        "link",
+        "add",
+        &switch_port("camsw"),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "stand-in",
+    ]);
     camgate_tests::nft::load(scratch, &text);
     let loaded = nft_output(scratch, &["list", "chain", "inet", "camgate", "to-cameras"]);
     assert!(loaded.contains("@dvr-hosts"), "{loaded}");
@@ -616,7 +747,9 @@ fn cameras_get_leases_and_time_resolve_nothing_and_show_what_they_asked() {
         .cloned();
     assert_eq!(
         subsystem.map(|s| s["detail"].clone()),
-        Some(serde_json::json!("chronyd: running; dnsmasq: running")),
+        Some(serde_json::json!(
+            "blocked-attempt log: reading; chronyd: running; dnsmasq: running"
+        )),
         "{status}"
     );
 }

@@ -7,29 +7,24 @@
 
 pub mod chrony;
 pub mod dnsmasq;
+mod report;
 
-use std::collections::HashMap;
-use std::net::Ipv4Addr;
+pub use report::{CameraReport, CameraView};
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwapOption;
-use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::config::network::{Cameras, KnownCamera};
+use crate::config::network::Cameras;
 use crate::daemon::{SubsystemState, SubsystemStatus};
 use crate::shutdown::Drain;
 
-/// Distinct names kept per camera, and cameras tracked: a camera spraying
-/// random names cannot grow memory without bound.
-const MAX_NAMES_PER_CAMERA: usize = 256;
-const MAX_CAMERAS: usize = 1024;
 const FIRST_RESTART: Duration = Duration::from_secs(1);
 const MAX_RESTART: Duration = Duration::from_secs(30);
 /// A dnsmasq that ran this long is healthy again: the backoff restarts.
@@ -119,11 +114,9 @@ impl CameraService {
     pub fn configure(&mut self, config: &Config, drain: &Drain) {
         let cameras = config.network.as_ref().and_then(|n| n.cameras.as_ref());
         let lease_file = self.state_dir.join("dnsmasq.leases");
-        self.report.segment.store(cameras.map(|cameras| {
-            Arc::new(Segment {
-                lease_file: lease_file.clone(),
-                known: cameras.known.clone(),
-            })
+        self.report.set_segment(cameras.map(|cameras| report::Segment {
+            lease_file: lease_file.clone(),
+            known: cameras.known.clone(),
         }));
         let cameras = cameras.filter(|_| self.managed);
         let dnsmasq = cameras.map(|c| dnsmasq::config(c, &lease_file));
@@ -155,7 +148,7 @@ impl CameraService {
             (Some(text), Some(cameras)) => Some(self.supervise(program, text, cameras, previous, drain)),
             _ => {
                 self.report
-                    .set_state(program, "not running: no [cameras] segment");
+                    .set_state(program.binary(), "not running: no [cameras] segment");
                 None
             }
         }
@@ -239,7 +232,8 @@ impl Supervisor {
                 Ok(()) => return,
                 Err(why) => {
                     tracing::warn!("{why}; restarting in {}s", backoff.as_secs());
-                    self.report.set_state(self.program, &format!("restarting: {why}"));
+                    self.report
+                        .set_state(self.program.binary(), &format!("restarting: {why}"));
                 }
             }
             if started.elapsed() >= HEALTHY_AFTER {
@@ -271,7 +265,7 @@ impl Supervisor {
                     self.program.package()
                 )
             })?;
-        self.report.set_state(self.program, "running");
+        self.report.set_state(self.program.binary(), "running");
         let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
         loop {
             tokio::select! {
@@ -317,223 +311,4 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-#[derive(Debug)]
-struct Segment {
-    lease_file: PathBuf,
-    known: Vec<KnownCamera>,
-}
-
-/// What cameras revealed, bounded.
-#[derive(Debug, Default)]
-pub struct CameraReport {
-    segment: ArcSwapOption<Segment>,
-    dns: Mutex<HashMap<Ipv4Addr, HashMap<String, NameCount>>>,
-    /// Per program: running, restarting (why), not running.
-    states: Mutex<std::collections::BTreeMap<&'static str, String>>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct NameCount {
-    pub name: String,
-    pub count: u64,
-    pub first_seen: u64,
-    pub last_seen: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct CameraView {
-    /// From `[[camera]]`, else the name the camera gave in DHCP.
-    pub name: Option<String>,
-    pub mac: Option<String>,
-    pub address: Ipv4Addr,
-    /// `leased` (holds a lease now), `known` (a `[[camera]]` without a
-    /// lease), `seen` (asked DNS without a lease on record).
-    pub state: &'static str,
-    /// Unix seconds; 0 for an infinite lease.
-    pub lease_expires: Option<u64>,
-    /// Names it tried to resolve (all answered NXDOMAIN), most asked first.
-    pub dns: Vec<NameCount>,
-}
-
-impl CameraReport {
-    fn set_state(&self, program: Program, state: &str) {
-        self.states
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(program.binary(), state.to_owned());
-    }
-
-    /// `chronyd: running; dnsmasq: running`.
-    fn state(&self) -> String {
-        let states = self
-            .states
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        states
-            .iter()
-            .map(|(program, state)| format!("{program}: {state}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    fn record_query(&self, query: &dnsmasq::Query, now: u64) {
-        let mut dns = self.dns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !dns.contains_key(&query.from) && dns.len() >= MAX_CAMERAS {
-            return;
-        }
-        let names = dns.entry(query.from).or_default();
-        if let Some(entry) = names.get_mut(&query.name) {
-            entry.count += 1;
-            entry.last_seen = now;
-        } else if names.len() < MAX_NAMES_PER_CAMERA {
-            names.insert(
-                query.name.clone(),
-                NameCount {
-                    name: query.name.clone(),
-                    count: 1,
-                    first_seen: now,
-                    last_seen: now,
-                },
-            );
-        }
-    }
-
-    /// Known cameras, leases and DNS askers, one entry per address. Reads
-    /// the lease file: call off the async runtime.
-    pub fn cameras(&self) -> Vec<CameraView> {
-        let Some(segment) = self.segment.load_full() else {
-            return Vec::new();
-        };
-        let leases = std::fs::read_to_string(&segment.lease_file)
-            .map(|text| dnsmasq::leases(&text))
-            .unwrap_or_default();
-        let dns = self
-            .dns
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let mut views: Vec<CameraView> = Vec::new();
-        for lease in &leases {
-            let known = segment.known.iter().find(|k| k.mac == lease.mac);
-            views.push(CameraView {
-                name: known.map(|k| k.name.clone()).or_else(|| lease.hostname.clone()),
-                mac: Some(lease.mac.clone()),
-                address: lease.address,
-                state: "leased",
-                lease_expires: Some(lease.expires),
-                dns: Vec::new(),
-            });
-        }
-        for known in &segment.known {
-            if !views.iter().any(|v| v.mac.as_deref() == Some(known.mac.as_str())) {
-                views.push(CameraView {
-                    name: Some(known.name.clone()),
-                    mac: Some(known.mac.clone()),
-                    address: known.address,
-                    state: "known",
-                    lease_expires: None,
-                    dns: Vec::new(),
-                });
-            }
-        }
-        for address in dns.keys() {
-            if !views.iter().any(|v| v.address == *address) {
-                views.push(CameraView {
-                    name: None,
-                    mac: None,
-                    address: *address,
-                    state: "seen",
-                    lease_expires: None,
-                    dns: Vec::new(),
-                });
-            }
-        }
-        for view in &mut views {
-            if let Some(names) = dns.get(&view.address) {
-                view.dns = names.values().cloned().collect();
-                view.dns
-                    .sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
-            }
-        }
-        views.sort_by_key(|v| v.address);
-        views
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn query(name: &str, from: &str) -> dnsmasq::Query {
-        dnsmasq::Query {
-            name: name.to_owned(),
-            kind: "A".to_owned(),
-            from: from.parse().unwrap(),
-        }
-    }
-
-    #[test]
-    fn report_joins_leases_known_cameras_and_dns_names_within_bounds() {
-        let dir = tempfile::tempdir().unwrap();
-        let lease_file = dir.path().join("leases");
-        std::fs::write(
-            &lease_file,
-            "1795325745 0e:b1:55:48:a0:87 10.77.0.104 cam1 *\n0 aa:bb:cc:00:11:22 10.77.0.20 * *\n",
-        )
-        .unwrap();
-        let report = CameraReport::default();
-        report.segment.store(Some(Arc::new(Segment {
-            lease_file,
-            known: vec![
-                KnownCamera {
-                    name: "porch".to_owned(),
-                    mac: "aa:bb:cc:00:11:22".to_owned(),
-                    address: "10.77.0.20".parse().unwrap(),
-                },
-                KnownCamera {
-                    name: "garage".to_owned(),
-                    mac: "aa:bb:cc:00:11:33".to_owned(),
-                    address: "10.77.0.21".parse().unwrap(),
-                },
-            ],
-        })));
-        report.record_query(&query("p2p.cloud.example", "10.77.0.104"), 100);
-        report.record_query(&query("p2p.cloud.example", "10.77.0.104"), 160);
-        report.record_query(&query("ntp.example", "10.77.0.104"), 120);
-        report.record_query(&query("x.example", "10.77.0.99"), 130);
-        for i in 0..MAX_NAMES_PER_CAMERA + 10 {
-            report.record_query(&query(&format!("n{i}.example"), "10.77.0.20"), 140);
-        }
-        let views = report.cameras();
-        let summary: Vec<(String, &str, Option<String>)> = views
-            .iter()
-            .map(|v| (v.address.to_string(), v.state, v.name.clone()))
-            .collect();
-        assert_eq!(
-            summary,
-            [
-                ("10.77.0.20".to_owned(), "leased", Some("porch".to_owned())),
-                ("10.77.0.21".to_owned(), "known", Some("garage".to_owned())),
-                ("10.77.0.99".to_owned(), "seen", None),
-                ("10.77.0.104".to_owned(), "leased", Some("cam1".to_owned())),
-            ]
-        );
-        let cam1 = &views[3].dns;
-        assert_eq!(
-            (
-                cam1[0].name.as_str(),
-                cam1[0].count,
-                cam1[0].first_seen,
-                cam1[0].last_seen
-            ),
-            ("p2p.cloud.example", 2, 100, 160)
-        );
-        assert_eq!(
-            views[0].dns.len(),
-            MAX_NAMES_PER_CAMERA,
-            "names per camera are capped"
-        );
-    }
 }

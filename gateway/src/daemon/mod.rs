@@ -257,6 +257,9 @@ impl Daemon {
         let forwards = ForwardService::start(&config, firewall, &drain)?;
         // After the firewall: the camera NIC is isolated and addressed.
         let cameras = CameraService::start(&config, &drain);
+        if config.manages_system() {
+            crate::firewall::nflog::spawn(cameras.report(), &drain);
+        }
         let router = admin::router(AppState {
             status: status_rx,
             auth: Arc::clone(&auth),

@@ -11,6 +11,8 @@
 //! any other subsystem commits, and on failure the kernel keeps the old
 //! table and nothing else changes.
 
+pub mod blocked;
+pub mod nflog;
 pub mod ruleset;
 
 use std::collections::HashMap;
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::{IpNet, Ipv4Net};
 use nftables::helper::{self, NftablesError};
-use nftables::schema::Nftables;
+use nftables::schema::{NfCmd, NfListObject, NfObject, Nftables};
 use serde::Serialize;
 
 use crate::auth::{BanSink, NoSink};
@@ -87,9 +89,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn enable_forwarding(&self, ipv6: bool) -> Result<(), FirewallError>;
     /// The subnets of `interface`'s addresses.
     fn interface_subnets(&self, interface: &str) -> Result<Vec<IpNet>, FirewallError>;
-    /// Creates the VLAN sub-interface if configured, brings the interface up
-    /// with camgate's address as its only IPv4 one, and turns IPv6 off on
-    /// it (no router advertisements taken or given). Idempotent.
+    /// Makes sure the camera interface exists (creating the VLAN
+    /// sub-interface if configured, still down): the table hooks it.
+    fn create_camera_interface(&self, cameras: &Cameras) -> Result<(), FirewallError>;
+    /// Brings the camera interface up with camgate's address as its only
+    /// IPv4 one, and turns IPv6 off on it (no router advertisements taken
+    /// or given). Idempotent.
     fn set_up_camera_interface(&self, cameras: &Cameras) -> Result<(), FirewallError>;
 }
 
@@ -172,13 +177,16 @@ impl Backend for Nft {
         Ok(Self::addresses(interface)?.iter().map(IpNet::trunc).collect())
     }
 
-    fn set_up_camera_interface(&self, cameras: &Cameras) -> Result<(), FirewallError> {
+    fn create_camera_interface(&self, cameras: &Cameras) -> Result<(), FirewallError> {
         let interface = cameras.interface();
         let failed = |reason: String| FirewallError::Interface {
             interface: interface.clone(),
             reason,
         };
-        ip(&["link", "set", &cameras.parent, "up"]).map_err(failed)?;
+        ip_json(&["link", "show", "dev", &cameras.parent]).map_err(|reason| FirewallError::Interface {
+            interface: cameras.parent.clone(),
+            reason,
+        })?;
         if let Some(vlan) = cameras.vlan
             && ip_json(&["link", "show", "dev", &interface]).is_err()
         {
@@ -196,6 +204,16 @@ impl Backend for Nft {
             ])
             .map_err(failed)?;
         }
+        Ok(())
+    }
+
+    fn set_up_camera_interface(&self, cameras: &Cameras) -> Result<(), FirewallError> {
+        let interface = cameras.interface();
+        let failed = |reason: String| FirewallError::Interface {
+            interface: interface.clone(),
+            reason,
+        };
+        ip(&["link", "set", &cameras.parent, "up"]).map_err(failed)?;
         // A kernel without IPv6 (ipv6.disable=1) has no such file: nothing to turn off.
         if Path::new("/proc/sys/net/ipv6").exists() {
             let ipv6_off = format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6");
@@ -299,13 +317,25 @@ pub fn plan(config: &Config, backend: &dyn Backend) -> Result<Nftables<'static>,
 /// namespace (`unshare --net`, so root), then listed.
 pub fn render(ruleset: &Nftables<'_>) -> Result<String, FirewallError> {
     let json = serde_json::to_vec(ruleset).map_err(|e| FirewallError::Nft(e.to_string()))?;
+    // Interfaces the table hooks must exist there: stand-ins (veth pairs;
+    // not every kernel has dummy interfaces).
+    let hooked = ruleset.objects.iter().filter_map(|object| match object {
+        NfObject::CmdObject(NfCmd::Add(NfListObject::Chain(chain))) => chain.dev.as_deref(),
+        _ => None,
+    });
     let mut child = Command::new("unshare")
         .args([
             "--net",
             "sh",
             "-c",
-            &format!("nft -j -f - && nft list table inet {}", ruleset::TABLE),
+            &format!(
+                "i=0; for d in \"$@\"; do i=$((i+1)); ip link add \"$d\" type veth peer name \"cg-stand-in$i\" || exit; done; \
+                 nft -j -f - && nft list table inet {}",
+                ruleset::TABLE
+            ),
+            "sh",
         ])
+        .args(hooked)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -512,6 +542,9 @@ impl Firewall {
         let started = Instant::now();
         let (forwards, isolation, ruleset) = plan_parts(config, self.backend.as_ref())?;
         let planned_in = started.elapsed();
+        if let Some(cameras) = isolation.as_ref().and_then(|i| i.cameras.as_ref()) {
+            self.backend.create_camera_interface(cameras)?;
+        }
         self.backend.check(&ruleset)?;
         Ok(Prepared {
             forwards,

@@ -22,15 +22,16 @@ use ipnet::IpNet;
 use nftables::batch::Batch;
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Prefix, SetItem};
 use nftables::schema::{Element, FlushObject, NfCmd, NfListObject, Set, SetFlag, SetType};
-use nftables::stmt::{Match, Operator, Statement};
-use nftables::types::NfFamily;
+use nftables::stmt::{Limit, Log, Match, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::{
-    FORWARD, INPUT, SNAT, TABLE, ct, ct_state, equals, field, in_named_set, jump, named_counter,
+    FORWARD, INPUT, SNAT, TABLE, base_chain, ct, ct_state, equals, field, in_named_set, jump, named_counter,
     regular_chain, rule, set,
 };
 use crate::config::forward::{PortRange, Protocol};
 use crate::config::network::Cameras;
+use crate::firewall::blocked::{DroppedAt, LOG_GROUP, LOG_SNAPLEN, MIRAI_PORTS, P2P_CLOUD_PORTS};
 
 const CAMERA_IN: &str = "camera-in";
 const ADMIN_IN: &str = "admin-in";
@@ -38,18 +39,19 @@ const TO_CAMERAS: &str = "to-cameras";
 const FROM_CAMERAS: &str = "from-cameras";
 const WAN_IN: &str = "wan-in";
 
-/// Ports Mirai and its variants scan and report to (telnet, TR-069,
-/// Huawei HG532): an attempt means the camera is probably compromised.
-const MIRAI_PORTS: [u16; 5] = [23, 2323, 7547, 37215, 48101];
-/// PPPP/CS2 "P2P cloud" registration and LAN search.
-const P2P_CLOUD_PORTS: [u16; 2] = [32100, 32108];
+const CAMERA_INGRESS: &str = "camera-ingress";
+/// Logged packets per second and rule (the counters count them all): a
+/// flooding camera cannot flood camgate's report reader.
+const LOG_RATE: u32 = 200;
+const LOG_BURST: u32 = 400;
 
 /// Named counters of the isolation rules, shown in status.
-pub const COUNTERS: [&str; 7] = [
+pub const COUNTERS: [&str; 8] = [
     "camera-in-dropped",
     "camera-mirai",
     "camera-p2p-cloud",
     "camera-egress",
+    "camera-ipv6",
     "to-cameras-dropped",
     "admin-dropped",
     "wan-dropped",
@@ -98,6 +100,7 @@ pub(super) fn add_front(batch: &mut Batch<'static>, isolation: &Isolation) {
     }
     if let Some(cameras) = &isolation.cameras {
         camera_sets(batch, cameras);
+        camera_ingress(batch, &cameras.interface());
         camera_in(batch, cameras);
         let interface = cameras.interface();
         batch.add(rule(
@@ -242,6 +245,85 @@ fn camera_sets(batch: &mut Batch<'static>, cameras: &Cameras) {
     );
 }
 
+/// IPv6 from cameras, dropped as it enters (camgate turns IPv6 off on the
+/// camera NIC, so later hooks never see it): neighbour discovery and
+/// multicast listener chatter counted, the rest counted and logged.
+fn camera_ingress(batch: &mut Batch<'static>, interface: &str) {
+    batch.add(NfListObject::Chain(nftables::schema::Chain {
+        dev: Some(interface.to_owned().into()),
+        ..base_chain(
+            CAMERA_INGRESS,
+            NfChainType::Filter,
+            NfHook::Ingress,
+            0,
+            NfChainPolicy::Accept,
+        )
+    }));
+    // The kernel adds a hook device to an existing chain rather than moving
+    // it: after the camera NIC changes, the old one keeps a hook that these
+    // rules no longer match.
+    let ipv6_from_cameras = || {
+        vec![
+            interface_is(MetaKey::Iifname, interface),
+            equals(
+                Expression::Named(NamedExpression::Meta(Meta {
+                    key: MetaKey::Protocol,
+                })),
+                Expression::String("ip6".into()),
+            ),
+        ]
+    };
+    let mut link_local = ipv6_from_cameras();
+    link_local.extend([
+        equals(
+            field("icmpv6", "type"),
+            Expression::Named(NamedExpression::Set(
+                [
+                    "nd-router-solicit",
+                    "nd-neighbor-solicit",
+                    "nd-neighbor-advert",
+                    "mld-listener-report",
+                    "mld-listener-done",
+                    "mld2-listener-report",
+                ]
+                .into_iter()
+                .map(|t| SetItem::Element(Expression::String(t.into())))
+                .collect(),
+            )),
+        ),
+        named_counter("camera-ipv6"),
+        Statement::Drop(None),
+    ]);
+    batch.add(rule(CAMERA_INGRESS, link_local));
+    let mut logged = ipv6_from_cameras();
+    logged.extend(report(DroppedAt::Ingress));
+    batch.add(rule(CAMERA_INGRESS, logged));
+    let mut dropped = ipv6_from_cameras();
+    dropped.extend([named_counter("camera-ipv6"), Statement::Drop(None)]);
+    batch.add(rule(CAMERA_INGRESS, dropped));
+}
+
+/// Logs the packet to camgate's report reader, within the rate; no
+/// verdict, so the rules after it still count and drop.
+fn report(dropped_at: DroppedAt) -> Vec<Statement<'static>> {
+    vec![
+        Statement::Limit(Limit {
+            rate: LOG_RATE,
+            rate_unit: None,
+            per: Some("second".into()),
+            burst: Some(LOG_BURST),
+            burst_unit: None,
+            inv: None,
+        }),
+        Statement::Log(Some(Log {
+            prefix: Some(dropped_at.prefix().into()),
+            group: Some(u32::from(LOG_GROUP)),
+            snaplen: Some(LOG_SNAPLEN),
+            ..Log::new(None)
+        })),
+    ]
+}
+
 /// What cameras may send to camgate itself.
 fn camera_in(batch: &mut Batch<'static>, cameras: &Cameras) {
     batch.add(rule(
@@ -289,6 +371,7 @@ fn camera_in(batch: &mut Batch<'static>, cameras: &Cameras) {
             Statement::Accept(None),
         ],
     ));
+    batch.add(rule(CAMERA_IN, report(DroppedAt::Input)));
     batch.add(rule(
         CAMERA_IN,
         vec![named_counter("camera-in-dropped"), Statement::Drop(None)],
@@ -325,6 +408,7 @@ fn from_cameras(batch: &mut Batch<'static>) {
             Statement::Accept(None),
         ],
     ));
+    batch.add(rule(FROM_CAMERAS, report(DroppedAt::Forward)));
     for (protocol, set, counter) in [
         ("tcp", "mirai-ports", "camera-mirai"),
         ("udp", "p2p-cloud-ports", "camera-p2p-cloud"),
@@ -499,6 +583,48 @@ mod tests {
         }));
         let last = rules_of(&commands, "from-cameras").last().unwrap()["expr"].to_string();
         assert!(last.contains("camera-egress") && last.contains("drop"), "{last}");
+    }
+
+    #[test]
+    fn ipv6_is_dropped_at_the_camera_nic_and_drops_are_logged_for_the_report() {
+        let commands = commands(&isolation());
+        let ingress = commands
+            .iter()
+            .find(|c| c["add"]["chain"]["name"] == "camera-ingress")
+            .expect("the ingress chain");
+        assert_eq!(ingress["add"]["chain"]["hook"], "ingress");
+        assert_eq!(ingress["add"]["chain"]["dev"], "cam0");
+        let rules: Vec<String> = rules_of(&commands, "camera-ingress")
+            .iter()
+            .map(|r| r["expr"].to_string())
+            .collect();
+        assert_eq!(rules.len(), 3);
+        for rule in &rules {
+            assert!(
+                rule.contains("\"iifname\"") && rule.contains("cam0") && rule.contains("ip6"),
+                "{rule}"
+            );
+        }
+        assert!(rules[0].contains("nd-neighbor-solicit") && rules[0].contains("drop"));
+        assert!(
+            rules[1].contains("camera-ipv6") && rules[1].contains("\"group\":3077"),
+            "{}",
+            rules[1]
+        );
+        assert!(rules[2].contains("camera-ipv6") && rules[2].contains("drop"));
+        for (chain, prefix) in [("from-cameras", "camera-forward"), ("camera-in", "camera-input")] {
+            let logged: Vec<String> = rules_of(&commands, chain)
+                .iter()
+                .map(|r| r["expr"].to_string())
+                .filter(|r| r.contains("\"log\""))
+                .collect();
+            assert_eq!(logged.len(), 1, "{chain}");
+            assert!(
+                logged[0].contains(prefix) && logged[0].contains("limit") && !logged[0].contains("drop"),
+                "{}",
+                logged[0]
+            );
+        }
     }
 
     #[test]
