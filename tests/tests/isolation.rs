@@ -22,7 +22,7 @@ use camgate_tests::camgate::{Camgate, Launch};
 use camgate_tests::lab::{basic, hash_password};
 use camgate_tests::netns::{Netns, Topology, switch_port};
 use camgate_tests::nft::{Recorder, output as nft_output};
-use camgate_tests::process::{require_binary, wait_until};
+use camgate_tests::process::{Peer, require_binary, wait_until};
 use camgate_tests::tls::{TlsClient, get_request_with};
 
 const PROBE_TCP: [u16; 5] = [80, 443, 23, 2323, 7547];
@@ -833,4 +833,149 @@ fn a_wan_nic_admits_only_camgates_listeners() {
     // The LAN still reaches both.
     assert!(connect(other, "192.168.77.2:2222").is_ok());
     assert!(connect(other, "192.168.77.2:8080").is_ok());
+}
+
+/// An ONVIF camera simulator (src/bin/onvif-camera.rs) in `ns`.
+fn onvif_camera(ns: &Netns, dir: &Path, address: &str, name: &str, extra: &[&str]) -> Peer {
+    let mut command = ns.command(env!("CARGO_BIN_EXE_onvif-camera"));
+    command
+        .args(["--address", address, "--http-port", "8000", "--name", name])
+        .args(["--hardware", "SIM-1", "--user", "admin", "--password", "secret"])
+        .args(extra);
+    let peer = Peer::spawn(&format!("onvif-{name}"), command, dir);
+    wait_until("the ONVIF camera to listen", Duration::from_secs(10), || {
+        peer.stdout().contains("ready").then_some(())
+    });
+    peer
+}
+
+#[test]
+fn onvif_discovery_finds_cameras_and_reads_their_stream_urls() {
+    let net = Topology::builder("iso")
+        .switch("lansw", &[("gw", "192.168.77.2/24"), ("dvr", "192.168.77.50/24")])
+        .switch(
+            "camsw",
+            &[
+                ("gw", "10.77.0.254/24"),
+                ("porch", "10.77.0.11/24"),
+                ("garage", "10.77.0.12/24"),
+                ("bad", "10.77.0.66/24"),
+            ],
+        )
+        .route("dvr", "10.77.0.0/24", "192.168.77.2")
+        .build();
+    let (gw, dvr) = (net.ns("gw"), net.ns("dvr"));
+    gw.ip(&["-4", "addr", "flush", "dev", &switch_port("camsw")]);
+    let dir = tempfile::tempdir().unwrap();
+    // The porch camera's clock is an hour ahead: tokens must follow it.
+    let _porch = onvif_camera(
+        net.ns("porch"),
+        dir.path(),
+        "10.77.0.11",
+        "Porch Cam",
+        &[
+            "--clock-offset-secs",
+            "3600",
+            "--profiles",
+            "main:1920x1080:H264,sub:640x360:H265",
+        ],
+    );
+    let garage = onvif_camera(net.ns("garage"), dir.path(), "10.77.0.12", "garage", &[]);
+    let bad = onvif_camera(net.ns("bad"), dir.path(), "10.77.0.66", "bad", &["--malformed"]);
+    // The malformed camera points at this LAN host: camgate must not go there.
+    let lured = dvr.run(|| TcpListener::bind("192.168.77.50:8000").unwrap());
+    lured.set_nonblocking(true).unwrap();
+
+    let logins = "[[camera]]\nname = \"porch\"\nmac = \"aa:bb:cc:00:11:22\"\naddress = \"10.77.0.11\"\n\
+                  username = \"admin\"\npassword = \"secret\"\n\
+                  [[camera]]\nname = \"garage\"\nmac = \"aa:bb:cc:00:11:33\"\naddress = \"10.77.0.12\"\n\
+                  username = \"admin\"\npassword = \"wrong\"\n";
+    let base = config(&dir.path().join("state"), "", &site());
+    let camgate = Camgate::start(Launch {
+        netns: Some(gw),
+        config: Some(format!("{base}{logins}")),
+        env: Vec::new(),
+    });
+    let admin = basic("root", ADMIN_PASSWORD);
+    let authorization = admin.trim_start_matches("Authorization: ").trim_end();
+    let url = "http://127.0.0.1:8080/api/cameras/discover";
+    assert_eq!(
+        camgate_tests::http::request(gw, "POST", url, &[]).unwrap().status,
+        401,
+        "discovery is for admins"
+    );
+    let reply = camgate_tests::http::request(gw, "POST", url, &[("Authorization", authorization)]).unwrap();
+    assert_eq!(reply.status, 200, "{}\n{}", reply.body, camgate.stderr());
+    let devices = reply.json();
+    let devices = devices.as_array().unwrap();
+    let addresses: Vec<&str> = devices.iter().map(|d| d["address"].as_str().unwrap()).collect();
+    assert_eq!(addresses, ["10.77.0.11", "10.77.0.12"], "{devices:?}");
+
+    let porch = &devices[0];
+    assert_eq!(porch["name"], "Porch Cam");
+    assert_eq!(porch["hardware"], "SIM-1");
+    assert_eq!(porch["xaddr"], "http://10.77.0.11:8000/onvif/device_service");
+    assert!(porch["endpoint"].as_str().unwrap().starts_with("urn:uuid:"));
+    assert_eq!(porch["error"], serde_json::Value::Null, "{porch}");
+    let profiles: Vec<(String, String, u64, u64, String)> = porch["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_owned(),
+                p["encoding"].as_str().unwrap().to_owned(),
+                p["width"].as_u64().unwrap(),
+                p["height"].as_u64().unwrap(),
+                p["stream_uri"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        profiles,
+        [
+            (
+                "main".into(),
+                "H264".into(),
+                1920,
+                1080,
+                "rtsp://10.77.0.11:554/main".into()
+            ),
+            (
+                "sub".into(),
+                "H265".into(),
+                640,
+                360,
+                "rtsp://10.77.0.11:554/sub".into()
+            ),
+        ]
+    );
+    let garage_entry = &devices[1];
+    assert!(garage_entry["profiles"].as_array().unwrap().is_empty());
+    let why = garage_entry["error"].as_str().unwrap();
+    assert!(why.contains("refused the login"), "{why}");
+    assert!(
+        garage.stdout().contains("unauthorized (bad digest)"),
+        "{}",
+        garage.stdout()
+    );
+
+    // The malformed answers were all sent, and none was followed.
+    wait_until("the malformed answers", Duration::from_secs(2), || {
+        bad.stdout().contains("sent malformed 6/6").then_some(())
+    });
+    assert!(lured.accept().is_err(), "camgate followed an XAddr to the LAN");
+
+    // /api/cameras lists what was found with each camera.
+    let list = cameras_report(gw);
+    let porch_view = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "porch")
+        .expect("porch listed");
+    assert_eq!(
+        porch_view["onvif"]["profiles"][1]["stream_uri"],
+        "rtsp://10.77.0.11:554/sub"
+    );
 }

@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Json, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use tokio::sync::watch;
 use tower::ServiceExt;
 use tracing::Instrument;
@@ -84,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", delete(revoke_session))
         .route("/api/cameras", get(list_cameras))
+        .route("/api/cameras/discover", post(discover_cameras))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             credentials::require_admin,
@@ -207,6 +208,22 @@ async fn list_cameras(State(state): State<AppState>) -> Response {
         Err(e) => {
             tracing::error!("camera list: {e}");
             api_error(StatusCode::INTERNAL_SERVER_ERROR, "camera list unavailable")
+        }
+    }
+}
+
+/// An ONVIF discovery on the camera segment (a few seconds); the devices
+/// found, also listed by `/api/cameras` from then on.
+async fn discover_cameras(State(state): State<AppState>) -> Response {
+    match state.cameras.discover().await {
+        Ok(devices) => Json(devices).into_response(),
+        Err(e) => {
+            let status = match e {
+                crate::cameras::DiscoverError::NoSegment => StatusCode::CONFLICT,
+                crate::cameras::DiscoverError::Probe(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            tracing::warn!("ONVIF discovery: {e}");
+            (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
         }
     }
 }

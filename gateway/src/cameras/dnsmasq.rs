@@ -123,6 +123,7 @@ mod tests {
                 name: "porch".to_owned(),
                 mac: "aa:bb:cc:00:11:22".to_owned(),
                 address: "10.77.0.20".parse().unwrap(),
+                login: None,
             }],
         }
     }

@@ -6,10 +6,12 @@
 //! for `GET /api/cameras`.
 
 pub mod chrony;
+pub mod discovery;
 pub mod dnsmasq;
+pub mod onvif;
 mod report;
 
-pub use report::{CameraReport, CameraView};
+pub use report::{CameraReport, CameraView, DiscoverError};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -116,6 +118,7 @@ impl CameraService {
         let lease_file = self.state_dir.join("dnsmasq.leases");
         self.report.set_segment(cameras.map(|cameras| report::Segment {
             lease_file: lease_file.clone(),
+            address: cameras.address,
             known: cameras.known.clone(),
         }));
         let cameras = cameras.filter(|_| self.managed);

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use arc_swap::ArcSwapOption;
+use ipnet::Ipv4Net;
 use serde::Serialize;
 
+use super::discovery::{self, Device, DiscoveryError};
 use super::dnsmasq;
 use crate::config::network::KnownCamera;
 use crate::firewall::blocked::{Attempt, AttemptSink, Kind};
@@ -25,6 +27,8 @@ const MAX_CAMERAS: usize = 1024;
 #[derive(Debug)]
 pub(super) struct Segment {
     pub(super) lease_file: PathBuf,
+    /// camgate's address on the segment.
+    pub(super) address: Ipv4Net,
     pub(super) known: Vec<KnownCamera>,
 }
 
@@ -36,6 +40,18 @@ pub struct CameraReport {
     blocked: Mutex<HashMap<String, Blocked>>,
     /// Per program or reader: running, restarting (why), not running.
     states: Mutex<BTreeMap<&'static str, String>>,
+    /// The last ONVIF discovery's devices.
+    onvif: Mutex<Vec<Device>>,
+    /// One discovery at a time.
+    discovering: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("no [cameras] segment is configured")]
+    NoSegment,
+    #[error(transparent)]
+    Probe(#[from] DiscoveryError),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -94,6 +110,8 @@ pub struct CameraView {
     pub blocked: Vec<AttemptCount>,
     /// Blocked attempts to destinations beyond the listed ones.
     pub blocked_unlisted: u64,
+    /// What it said about itself in the last ONVIF discovery.
+    pub onvif: Option<Device>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,6 +134,15 @@ impl CameraReport {
             .map(|(key, state)| format!("{key}: {state}"))
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    /// Runs an ONVIF discovery on the segment and keeps what it found.
+    pub async fn discover(&self) -> Result<Vec<Device>, DiscoverError> {
+        let _one_at_a_time = self.discovering.lock().await;
+        let segment = self.segment.load_full().ok_or(DiscoverError::NoSegment)?;
+        let devices = discovery::discover(segment.address, &segment.known).await?;
+        lock(&self.onvif).clone_from(&devices);
+        Ok(devices)
     }
 
     pub(super) fn record_query(&self, query: &dnsmasq::Query, now: u64) {
@@ -159,6 +186,7 @@ impl CameraReport {
             dns: Vec::new(),
             blocked: Vec::new(),
             blocked_unlisted: 0,
+            onvif: None,
         };
         for lease in &leases {
             let known = segment.known.iter().find(|k| k.mac == lease.mac);
@@ -189,12 +217,14 @@ impl CameraReport {
             }
         }
         let dns = lock(&self.dns);
-        for address in dns.keys() {
+        let onvif = lock(&self.onvif);
+        for address in dns.keys().chain(onvif.iter().map(|d| &d.address)) {
             if !views.iter().any(|v| v.address == Some(*address)) {
                 views.push(seen(None, Some(*address)));
             }
         }
         for view in &mut views {
+            view.onvif = onvif.iter().find(|d| Some(d.address) == view.address).cloned();
             if let Some(names) = view.address.and_then(|a| dns.get(&a)) {
                 view.dns = names.values().cloned().collect();
                 view.dns
@@ -308,16 +338,19 @@ mod tests {
         let report = CameraReport::default();
         report.set_segment(Some(Segment {
             lease_file,
+            address: "10.77.0.1/24".parse().unwrap(),
             known: vec![
                 KnownCamera {
                     name: "porch".to_owned(),
                     mac: "aa:bb:cc:00:11:22".to_owned(),
                     address: "10.77.0.20".parse().unwrap(),
+                    login: None,
                 },
                 KnownCamera {
                     name: "garage".to_owned(),
                     mac: "aa:bb:cc:00:11:33".to_owned(),
                     address: "10.77.0.21".parse().unwrap(),
+                    login: None,
                 },
             ],
         }));

@@ -43,6 +43,23 @@ pub struct KnownCamera {
     /// Lower case, colon-separated.
     pub mac: String,
     pub address: Ipv4Addr,
+    pub login: Option<CameraLogin>,
+}
+
+/// A camera's own user and password (ONVIF); the password stays out of
+/// debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CameraLogin {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for CameraLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CameraLogin")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Cameras {
@@ -294,7 +311,26 @@ fn known_cameras(raw: Vec<RawCamera>, camgate: Ipv4Net) -> Result<Vec<KnownCamer
                 ),
             ));
         }
-        known.push(KnownCamera { name, mac, address });
+        let login = match (camera.username, camera.password) {
+            (None, None) => None,
+            (Some(username), Some(password)) => Some(CameraLogin {
+                username: username.into_inner(),
+                password: password.into_inner(),
+            }),
+            (Some(given), None) | (None, Some(given)) => {
+                return Err(Problem::new(
+                    given.span(),
+                    key("password"),
+                    "set the camera's username and password together".to_owned(),
+                ));
+            }
+        };
+        known.push(KnownCamera {
+            name,
+            mac,
+            address,
+            login,
+        });
     }
     Ok(known)
 }

@@ -304,4 +304,7 @@ pub(super) struct RawCamera {
     pub(super) mac: Spanned<String>,
     /// Its address in the camera subnet, leased to that MAC only.
     pub(super) address: Spanned<String>,
+    /// The camera's own ONVIF login, for reading its stream URLs.
+    pub(super) username: Option<Spanned<String>>,
+    pub(super) password: Option<Spanned<String>>,
 }
