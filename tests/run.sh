@@ -15,7 +15,7 @@ if ! command -v cargo >/dev/null; then
 fi
 
 # Peer programs and tools the tests run. Missing ones fail the tests, never skip them.
-packages=(iproute2 iputils-ping procps systemd curl openssl motion ffmpeg pebble coturn nftables python3 dnsmasq-base udhcpc chrony
+packages=(iproute2 iputils-ping iputils-arping procps systemd curl openssl motion ffmpeg pebble coturn nftables python3 dnsmasq-base udhcpc chrony
   chromium chromium-driver python3-selenium fonts-dejavu-core)
 missing=()
 for package in "${packages[@]}"; do

@@ -599,10 +599,12 @@ fn cameras_get_leases_and_time_resolve_nothing_and_show_what_they_asked() {
                 ("gw", "10.77.0.254/24"),
                 ("cam", "10.77.0.11/24"),
                 ("porch", "10.77.0.12/24"),
+                // Poses as the porch camera: its fixed address, another MAC.
+                ("spoof", "10.77.0.20/24"),
             ],
         )
         .build();
-    let (gw, cam, porch) = (net.ns("gw"), net.ns("cam"), net.ns("porch"));
+    let (gw, cam, porch, spoof) = (net.ns("gw"), net.ns("cam"), net.ns("porch"), net.ns("spoof"));
     for ns in [gw, cam, porch] {
         ns.ip(&["-4", "addr", "flush", "dev", &switch_port("camsw")]);
     }
@@ -648,6 +650,82 @@ fn cameras_get_leases_and_time_resolve_nothing_and_show_what_they_asked() {
         assert!(len >= 12 && answer[..2] == [0x12, 0x34]);
         assert_eq!(answer[3] & 0x0f, 3, "NXDOMAIN");
     }
+
+    // The porch camera's address is pinned to its MAC: camgate's neighbour
+    // entry is permanent, so the impostor's ARP claims move nothing, and its
+    // packets are dropped as they enter, counted and reported under its MAC.
+    let port = switch_port("camsw");
+    let status = spoof
+        .command(require_binary("arping", "iputils-arping"))
+        .args([
+            "-U",
+            "-c",
+            "2",
+            "-w",
+            "2",
+            "-I",
+            &port,
+            "-s",
+            "10.77.0.20",
+            "10.77.0.20",
+        ])
+        .output()
+        .unwrap()
+        .status;
+    assert!(status.success() || status.code() == Some(1), "arping: {status}");
+    let neighbours: serde_json::Value =
+        serde_json::from_slice(&gw.ip(&["-j", "neigh", "show", "10.77.0.20", "dev", &port]).stdout).unwrap();
+    assert!(
+        neighbours
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["lladdr"] == "aa:bb:cc:00:11:22" && n["state"] == serde_json::json!(["PERMANENT"])),
+        "an ARP claim diverted the porch camera's address: {neighbours}"
+    );
+    let impostor = spoof.run(|| UdpSocket::bind("10.77.0.20:0").unwrap());
+    impostor
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    impostor
+        .send_to(&dns_query("impostor.example"), "10.77.0.1:53")
+        .unwrap();
+    assert!(
+        impostor.recv(&mut [0u8; 512]).is_err(),
+        "camgate answered an impostor"
+    );
+    assert!(counter(gw, "camera-spoofed") >= 1);
+    let porch_dns = porch.run(|| UdpSocket::bind("10.77.0.20:0").unwrap());
+    porch_dns.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    porch_dns
+        .send_to(&dns_query("porch.example"), "10.77.0.1:53")
+        .unwrap();
+    assert!(
+        porch_dns.recv(&mut [0u8; 512]).is_ok(),
+        "the real porch camera got no answer"
+    );
+    let spoof_link: serde_json::Value = serde_json::from_slice(
+        &spoof
+            .ip(&["-j", "link", "show", "dev", &switch_port("camsw")])
+            .stdout,
+    )
+    .unwrap();
+    let spoof_mac = spoof_link[0]["address"].as_str().unwrap().to_owned();
+    let spoofer = wait_until("the impostor in the report", Duration::from_secs(5), || {
+        cameras_report(gw)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["mac"] == spoof_mac.as_str())
+            .cloned()
+    });
+    assert_eq!(spoofer["blocked"][0]["kind"], "spoofed", "{spoofer}");
+    assert_eq!(spoofer["blocked"][0]["port"], 53, "{spoofer}");
+    assert_eq!(
+        spoofer["dns"],
+        serde_json::json!([]),
+        "the porch camera's names stay with it"
+    );
 
     // NTP from camgate: a server answer (mode 4) with the appliance's time.
     let ntp = cam.run(|| UdpSocket::bind(format!("{address}:0")).unwrap());
@@ -703,13 +781,15 @@ fn cameras_get_leases_and_time_resolve_nothing_and_show_what_they_asked() {
         },
     );
     let entries = list.as_array().unwrap();
+    // Two at the porch camera's address: the camera, and the impostor.
     let porch_entry = entries
         .iter()
-        .find(|c| c["address"] == "10.77.0.20")
+        .find(|c| c["mac"] == "aa:bb:cc:00:11:22")
         .expect("porch listed");
+    assert_eq!(porch_entry["address"], "10.77.0.20");
     assert_eq!(porch_entry["name"], "porch");
     assert_eq!(porch_entry["state"], "leased");
-    assert_eq!(porch_entry["mac"], "aa:bb:cc:00:11:22");
+    assert_eq!(porch_entry["dns"][0]["name"], "porch.example", "{list}");
     let cam_entry = entries.iter().find(|c| c["address"] == address.as_str()).unwrap();
     assert_eq!(cam_entry["name"], "cam1", "{list}");
     assert_eq!(cam_entry["dns"][0]["name"], "p2p.cloud.example");
@@ -866,6 +946,11 @@ fn onvif_discovery_finds_cameras_and_reads_their_stream_urls() {
         .build();
     let (gw, dvr) = (net.ns("gw"), net.ns("dvr"));
     gw.ip(&["-4", "addr", "flush", "dev", &switch_port("camsw")]);
+    // The MACs their [[camera]] entries pin their addresses to.
+    for (camera, mac) in [("porch", "aa:bb:cc:00:11:22"), ("garage", "aa:bb:cc:00:11:33")] {
+        net.ns(camera)
+            .ip(&["link", "set", "dev", &switch_port("camsw"), "address", mac]);
+    }
     let dir = tempfile::tempdir().unwrap();
     // The porch camera's clock is an hour ahead: tokens must follow it.
     let _porch = onvif_camera(

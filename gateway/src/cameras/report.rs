@@ -223,15 +223,19 @@ impl CameraReport {
                 views.push(seen(None, Some(*address)));
             }
         }
+        // Names and discoveries go by address, to the first camera holding
+        // it: not to a device posing with a known camera's address.
+        let mut joined = std::collections::HashSet::new();
         for view in &mut views {
-            view.onvif = onvif.iter().find(|d| Some(d.address) == view.address).cloned();
-            if let Some(names) = view.address.and_then(|a| dns.get(&a)) {
+            let address = view.address.filter(|a| joined.insert(*a));
+            view.onvif = onvif.iter().find(|d| Some(d.address) == address).cloned();
+            if let Some(names) = address.and_then(|a| dns.get(&a)) {
                 view.dns = names.values().cloned().collect();
                 view.dns
                     .sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
             }
             let by_mac = view.mac.as_ref().and_then(|mac| blocked.get(mac));
-            let by_address = view.address.and_then(|a| blocked.get(&a.to_string()));
+            let by_address = address.and_then(|a| blocked.get(&a.to_string()));
             for entry in by_mac.into_iter().chain(by_address) {
                 view.blocked.extend(entry.destinations.values().cloned());
                 view.blocked_unlisted += entry.unlisted;

@@ -31,16 +31,19 @@ pub enum DroppedAt {
     Input,
     /// IPv6, at the camera NIC: camgate gives cameras none.
     Ingress,
+    /// A known camera's address from another MAC, at the camera NIC.
+    Spoofed,
 }
 
 impl DroppedAt {
-    pub const ALL: [Self; 3] = [Self::Forward, Self::Input, Self::Ingress];
+    pub const ALL: [Self; 4] = [Self::Forward, Self::Input, Self::Ingress, Self::Spoofed];
 
     pub fn prefix(self) -> &'static str {
         match self {
             Self::Forward => "camera-forward",
             Self::Input => "camera-input",
             Self::Ingress => "camera-ipv6",
+            Self::Spoofed => "camera-spoofed",
         }
     }
 }
@@ -49,6 +52,8 @@ impl DroppedAt {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
+    /// Sent with a known camera's address from another MAC.
+    Spoofed,
     /// A Mirai port: the camera is probably compromised.
     Mirai,
     /// A P2P-cloud port: the camera phones its vendor's cloud.
@@ -89,6 +94,12 @@ pub trait AttemptSink: Send + Sync + std::fmt::Debug {
 /// isolation rules' or the packet is not IP.
 pub fn parse(prefix: &str, mac: Option<[u8; 6]>, packet: &[u8]) -> Option<Attempt> {
     let dropped_at = DroppedAt::ALL.into_iter().find(|at| at.prefix() == prefix)?;
+    let mac = mac.map(|m| {
+        m.iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    });
     let sliced = LaxSlicedPacket::from_ip(packet).ok()?;
     let (source, destination, payload) = match sliced.net? {
         LaxNetSlice::Ipv4(ip) => (
@@ -127,6 +138,7 @@ pub fn parse(prefix: &str, mac: Option<[u8; 6]>, packet: &[u8]) -> Option<Attemp
         other => other.to_string(),
     };
     let kind = match (port, dropped_at) {
+        (_, DroppedAt::Spoofed) => Kind::Spoofed,
         (Some(port), _) if number == 6 && MIRAI_PORTS.contains(&port) => Kind::Mirai,
         (Some(port), _) if number == 17 && P2P_CLOUD_PORTS.contains(&port) => Kind::P2pCloud,
         (_, DroppedAt::Ingress) => Kind::Ipv6,
@@ -134,12 +146,7 @@ pub fn parse(prefix: &str, mac: Option<[u8; 6]>, packet: &[u8]) -> Option<Attemp
         (_, DroppedAt::Forward) => Kind::Egress,
     };
     Some(Attempt {
-        mac: mac.map(|m| {
-            m.iter()
-                .map(|byte| format!("{byte:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        }),
+        mac,
         source,
         destination,
         protocol,
@@ -262,6 +269,24 @@ mod tests {
     }
 
     #[test]
+    fn a_spoofed_address_is_reported_as_such_whatever_the_port() {
+        let dns = parse(
+            "camera-spoofed",
+            Some(MAC),
+            &ipv4(17, [10, 77, 0, 1], &[0, 1, 0, 53]),
+        )
+        .unwrap();
+        assert_eq!((dns.kind, dns.port), (Kind::Spoofed, Some(53)));
+        let telnet = parse(
+            "camera-spoofed",
+            Some(MAC),
+            &ipv4(6, [10, 77, 0, 1], &[0, 1, 0, 23]),
+        )
+        .unwrap();
+        assert_eq!(telnet.kind, Kind::Spoofed);
+    }
+
+    #[test]
     fn foreign_prefixes_and_junk_are_ignored() {
         let packet = ipv4(6, [203, 0, 113, 2], &[0, 1, 0, 80]);
         assert_eq!(parse("someone-else", None, &packet), None);
@@ -275,7 +300,7 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn never_panics(prefix in "camera-(forward|input|ipv6)", bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..160)) {
+        fn never_panics(prefix in "camera-(forward|input|ipv6|spoofed)", bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..160)) {
             let _ = parse(&prefix, None, &bytes);
         }
     }

@@ -93,8 +93,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// sub-interface if configured, still down): the table hooks it.
     fn create_camera_interface(&self, cameras: &Cameras) -> Result<(), FirewallError>;
     /// Brings the camera interface up with camgate's address as its only
-    /// IPv4 one, and turns IPv6 off on it (no router advertisements taken
-    /// or given). Idempotent.
+    /// IPv4 one, turns IPv6 off on it (no router advertisements taken or
+    /// given) and pins known cameras' addresses to their MACs. Idempotent.
     fn set_up_camera_interface(&self, cameras: &Cameras) -> Result<(), FirewallError>;
 }
 
@@ -228,7 +228,27 @@ impl Backend for Nft {
             ip(&["-4", "addr", "flush", "dev", &interface]).map_err(failed)?;
             ip(&["addr", "add", &wanted.to_string(), "dev", &interface]).map_err(failed)?;
         }
-        ip(&["link", "set", &interface, "up"]).map_err(failed)
+        ip(&["link", "set", &interface, "up"]).map_err(failed)?;
+        // Known cameras' addresses resolve only to their own MACs: no ARP
+        // claim moves a permanent entry (dnsmasq, which could, broadcasts
+        // its DHCP answers instead of writing the ARP cache).
+        ip(&["-4", "neigh", "flush", "dev", &interface, "nud", "permanent"]).map_err(failed)?;
+        for camera in &cameras.known {
+            let address = camera.address.to_string();
+            ip(&[
+                "neigh",
+                "replace",
+                &address,
+                "lladdr",
+                &camera.mac,
+                "nud",
+                "permanent",
+                "dev",
+                &interface,
+            ])
+            .map_err(failed)?;
+        }
+        Ok(())
     }
 }
 

@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use ipnet::IpNet;
 use nftables::batch::Batch;
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Prefix, SetItem};
-use nftables::schema::{Element, FlushObject, NfCmd, NfListObject, Set, SetFlag, SetType};
+use nftables::schema::{Element, FlushObject, NfCmd, NfListObject, Set, SetFlag, SetType, SetTypeValue};
 use nftables::stmt::{Limit, Log, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
@@ -40,18 +40,20 @@ const FROM_CAMERAS: &str = "from-cameras";
 const WAN_IN: &str = "wan-in";
 
 const CAMERA_INGRESS: &str = "camera-ingress";
+const CAMERA_SPOOFED: &str = "camera-spoofed";
 /// Logged packets per second and rule (the counters count them all): a
 /// flooding camera cannot flood camgate's report reader.
 const LOG_RATE: u32 = 200;
 const LOG_BURST: u32 = 400;
 
 /// Named counters of the isolation rules, shown in status.
-pub const COUNTERS: [&str; 8] = [
+pub const COUNTERS: [&str; 9] = [
     "camera-in-dropped",
     "camera-mirai",
     "camera-p2p-cloud",
     "camera-egress",
     "camera-ipv6",
+    "camera-spoofed",
     "to-cameras-dropped",
     "admin-dropped",
     "wan-dropped",
@@ -84,23 +86,30 @@ pub(super) fn add_front(batch: &mut Batch<'static>, isolation: &Isolation) {
     static_set(
         batch,
         "lan4",
-        SetType::Ipv4Addr,
+        SetTypeValue::Single(SetType::Ipv4Addr),
         true,
         lan4.into_iter().map(prefix).collect(),
     );
     static_set(
         batch,
         "lan6",
-        SetType::Ipv6Addr,
+        SetTypeValue::Single(SetType::Ipv6Addr),
         true,
         lan6.into_iter().map(prefix).collect(),
     );
-    for chain in [CAMERA_IN, ADMIN_IN, TO_CAMERAS, FROM_CAMERAS, WAN_IN] {
+    for chain in [
+        CAMERA_IN,
+        ADMIN_IN,
+        TO_CAMERAS,
+        FROM_CAMERAS,
+        WAN_IN,
+        CAMERA_SPOOFED,
+    ] {
         batch.add(NfListObject::Chain(regular_chain(chain)));
     }
     if let Some(cameras) = &isolation.cameras {
         camera_sets(batch, cameras);
-        camera_ingress(batch, &cameras.interface());
+        camera_ingress(batch, cameras);
         camera_in(batch, cameras);
         let interface = cameras.interface();
         batch.add(rule(
@@ -207,14 +216,14 @@ fn camera_sets(batch: &mut Batch<'static>, cameras: &Cameras) {
     static_set(
         batch,
         "cameras",
-        SetType::Ipv4Addr,
+        SetTypeValue::Single(SetType::Ipv4Addr),
         true,
         vec![prefix(IpNet::V4(cameras.subnet()))],
     );
     static_set(
         batch,
         "dvr-hosts",
-        SetType::Ipv4Addr,
+        SetTypeValue::Single(SetType::Ipv4Addr),
         true,
         cameras
             .dvr_hosts
@@ -225,30 +234,60 @@ fn camera_sets(batch: &mut Batch<'static>, cameras: &Cameras) {
     static_set(
         batch,
         "camera-ports",
-        SetType::InetService,
+        SetTypeValue::Single(SetType::InetService),
         false,
         numbers(&cameras.ports),
+    );
+    // Known cameras' addresses and the MAC each is pinned to.
+    static_set(
+        batch,
+        "known-cameras",
+        SetTypeValue::Single(SetType::Ipv4Addr),
+        false,
+        cameras
+            .known
+            .iter()
+            .map(|camera| Expression::String(camera.address.to_string().into()))
+            .collect(),
+    );
+    static_set(
+        batch,
+        "camera-macs",
+        SetTypeValue::Concatenated(vec![SetType::Ipv4Addr, SetType::EtherAddr].into()),
+        false,
+        cameras
+            .known
+            .iter()
+            .map(|camera| {
+                Expression::Named(NamedExpression::Concat(vec![
+                    Expression::String(camera.address.to_string().into()),
+                    Expression::String(camera.mac.clone().into()),
+                ]))
+            })
+            .collect(),
     );
     static_set(
         batch,
         "mirai-ports",
-        SetType::InetService,
+        SetTypeValue::Single(SetType::InetService),
         false,
         numbers(&MIRAI_PORTS),
     );
     static_set(
         batch,
         "p2p-cloud-ports",
-        SetType::InetService,
+        SetTypeValue::Single(SetType::InetService),
         false,
         numbers(&P2P_CLOUD_PORTS),
     );
 }
 
-/// IPv6 from cameras, dropped as it enters (camgate turns IPv6 off on the
-/// camera NIC, so later hooks never see it): neighbour discovery and
+/// What the camera NIC drops as it enters: a known camera's address from
+/// another MAC (counted and logged), and IPv6 (camgate turns IPv6 off on
+/// the camera NIC, so later hooks never see it): neighbour discovery and
 /// multicast listener chatter counted, the rest counted and logged.
-fn camera_ingress(batch: &mut Batch<'static>, interface: &str) {
+fn camera_ingress(batch: &mut Batch<'static>, cameras: &Cameras) {
+    let interface = &cameras.interface();
     batch.add(NfListObject::Chain(nftables::schema::Chain {
         dev: Some(interface.to_owned().into()),
         ..base_chain(
@@ -262,17 +301,31 @@ fn camera_ingress(batch: &mut Batch<'static>, interface: &str) {
     // The kernel adds a hook device to an existing chain rather than moving
     // it: after the camera NIC changes, the old one keeps a hook that these
     // rules no longer match.
-    let ipv6_from_cameras = || {
+    // A known camera's address from another MAC: a device posing as it.
+    // (Its ARP claims never reach this hook — inet ingress sees only IP —
+    // and cannot move the camera's permanent neighbour entry either.)
+    batch.add(rule(
+        CAMERA_INGRESS,
         vec![
             interface_is(MetaKey::Iifname, interface),
-            equals(
-                Expression::Named(NamedExpression::Meta(Meta {
-                    key: MetaKey::Protocol,
-                })),
-                Expression::String("ip6".into()),
-            ),
-        ]
-    };
+            meta_protocol("ip"),
+            in_named_set(field("ip", "saddr"), "known-cameras"),
+            Statement::Match(Match {
+                left: Expression::Named(NamedExpression::Concat(vec![
+                    field("ip", "saddr"),
+                    field("ether", "saddr"),
+                ])),
+                right: Expression::String("@camera-macs".into()),
+                op: Operator::NEQ,
+            }),
+            jump(CAMERA_SPOOFED),
+        ],
+    ));
+    let mut counted = vec![named_counter("camera-spoofed")];
+    counted.extend(report(DroppedAt::Spoofed));
+    batch.add(rule(CAMERA_SPOOFED, counted));
+    batch.add(rule(CAMERA_SPOOFED, vec![Statement::Drop(None)]));
+    let ipv6_from_cameras = || vec![interface_is(MetaKey::Iifname, interface), meta_protocol("ip6")];
     let mut link_local = ipv6_from_cameras();
     link_local.extend([
         equals(
@@ -301,6 +354,16 @@ fn camera_ingress(batch: &mut Batch<'static>, interface: &str) {
     let mut dropped = ipv6_from_cameras();
     dropped.extend([named_counter("camera-ipv6"), Statement::Drop(None)]);
     batch.add(rule(CAMERA_INGRESS, dropped));
+}
+
+/// The packet's network protocol (`ip`, `ip6`), as the ingress hook sees it.
+fn meta_protocol(protocol: &'static str) -> Statement<'static> {
+    equals(
+        Expression::Named(NamedExpression::Meta(Meta {
+            key: MetaKey::Protocol,
+        })),
+        Expression::String(protocol.into()),
+    )
 }
 
 /// Logs the packet to camgate's report reader, within the rate; no
@@ -432,13 +495,14 @@ fn from_cameras(batch: &mut Batch<'static>) {
 fn static_set(
     batch: &mut Batch<'static>,
     name: &'static str,
-    kind: SetType,
+    kind: SetTypeValue<'static>,
     interval: bool,
     elements: Vec<Expression<'static>>,
 ) {
     let declared = Set {
         flags: interval.then(|| HashSet::from([SetFlag::Interval])),
-        ..set(name, kind)
+        set_type: kind,
+        ..set(name, SetType::Ipv4Addr)
     };
     batch.add(NfListObject::Set(Box::new(declared.clone())));
     batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(declared))));
@@ -586,25 +650,54 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_is_dropped_at_the_camera_nic_and_drops_are_logged_for_the_report() {
-        let commands = commands(&isolation());
+    fn ipv6_and_impostors_are_dropped_at_the_camera_nic_and_drops_are_logged_for_the_report() {
+        let mut with_known = isolation();
+        if let Some(cameras) = &mut with_known.cameras {
+            cameras.known.push(crate::config::network::KnownCamera {
+                name: "porch".to_owned(),
+                mac: "aa:bb:cc:00:11:22".to_owned(),
+                address: "10.77.0.20".parse().unwrap(),
+                login: None,
+            });
+        }
+        let commands = commands(&with_known);
         let ingress = commands
             .iter()
             .find(|c| c["add"]["chain"]["name"] == "camera-ingress")
             .expect("the ingress chain");
         assert_eq!(ingress["add"]["chain"]["hook"], "ingress");
         assert_eq!(ingress["add"]["chain"]["dev"], "cam0");
-        let rules: Vec<String> = rules_of(&commands, "camera-ingress")
+        let all: Vec<String> = rules_of(&commands, "camera-ingress")
             .iter()
             .map(|r| r["expr"].to_string())
             .collect();
-        assert_eq!(rules.len(), 3);
-        for rule in &rules {
-            assert!(
-                rule.contains("\"iifname\"") && rule.contains("cam0") && rule.contains("ip6"),
-                "{rule}"
-            );
+        for rule in &all {
+            assert!(rule.contains("\"iifname\"") && rule.contains("cam0"), "{rule}");
         }
+        // Impostors first.
+        assert!(
+            all[0].contains("@camera-macs") && all[0].contains("!=") && all[0].contains("camera-spoofed")
+        );
+        let element = commands
+            .iter()
+            .find(|c| c["add"]["element"]["name"] == "camera-macs")
+            .expect("camera-macs filled");
+        assert_eq!(
+            element["add"]["element"]["elem"][0],
+            serde_json::json!({"concat": ["10.77.0.20", "aa:bb:cc:00:11:22"]})
+        );
+        let spoofed: Vec<String> = rules_of(&commands, "camera-spoofed")
+            .iter()
+            .map(|r| r["expr"].to_string())
+            .collect();
+        assert!(
+            spoofed[0].contains("camera-spoofed")
+                && spoofed[0].contains("limit")
+                && spoofed[0].contains("log")
+        );
+        assert!(spoofed[1].contains("drop"));
+        let rules: Vec<&String> = all.iter().filter(|r| r.contains("ip6")).collect();
+        assert_eq!((all.len(), rules.len()), (4, 3));
         assert!(rules[0].contains("nd-neighbor-solicit") && rules[0].contains("drop"));
         assert!(
             rules[1].contains("camera-ipv6") && rules[1].contains("\"group\":3077"),
