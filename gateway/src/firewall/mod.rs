@@ -12,6 +12,7 @@
 //! table and nothing else changes.
 
 pub mod blocked;
+mod links;
 pub mod nflog;
 pub mod ruleset;
 
@@ -19,7 +20,6 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
@@ -98,7 +98,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn set_up_camera_interface(&self, cameras: &Cameras) -> Result<(), FirewallError>;
 }
 
-/// `nft` (JSON through the nftables crate) and `ip` for routes.
+/// `nft` (JSON through the nftables crate); routes, addresses and the
+/// camera NIC over rtnetlink (`links`).
 #[derive(Debug, Default)]
 pub struct Nft;
 
@@ -141,25 +142,11 @@ impl Backend for Nft {
     }
 
     fn route_interface(&self, target: IpAddr) -> Result<String, FirewallError> {
-        let routes = ip_json(&["route", "get", &target.to_string()])
-            .map_err(|reason| FirewallError::Route { target, reason })?;
-        routes
-            .first()
-            .and_then(|route| route["dev"].as_str())
-            .map(str::to_owned)
-            .ok_or_else(|| FirewallError::Route {
-                target,
-                reason: "no route".to_owned(),
-            })
+        links::route_interface(target)
     }
 
     fn default_route_interfaces(&self) -> Result<Vec<String>, FirewallError> {
-        let mut interfaces = Vec::new();
-        for family in ["-4", "-6"] {
-            let routes = ip_json(&[family, "route", "show", "default"]).map_err(FirewallError::Nft)?;
-            interfaces.extend(routes.iter().filter_map(|r| r["dev"].as_str().map(str::to_owned)));
-        }
-        Ok(interfaces)
+        links::default_route_interfaces()
     }
 
     fn enable_forwarding(&self, ipv6: bool) -> Result<(), FirewallError> {
@@ -174,133 +161,16 @@ impl Backend for Nft {
     }
 
     fn interface_subnets(&self, interface: &str) -> Result<Vec<IpNet>, FirewallError> {
-        Ok(Self::addresses(interface)?.iter().map(IpNet::trunc).collect())
+        Ok(links::addresses(interface)?.iter().map(IpNet::trunc).collect())
     }
 
     fn create_camera_interface(&self, cameras: &Cameras) -> Result<(), FirewallError> {
-        let interface = cameras.interface();
-        let failed = |reason: String| FirewallError::Interface {
-            interface: interface.clone(),
-            reason,
-        };
-        ip_json(&["link", "show", "dev", &cameras.parent]).map_err(|reason| FirewallError::Interface {
-            interface: cameras.parent.clone(),
-            reason,
-        })?;
-        if let Some(vlan) = cameras.vlan
-            && ip_json(&["link", "show", "dev", &interface]).is_err()
-        {
-            ip(&[
-                "link",
-                "add",
-                "link",
-                &cameras.parent,
-                "name",
-                &interface,
-                "type",
-                "vlan",
-                "id",
-                &vlan.to_string(),
-            ])
-            .map_err(failed)?;
-        }
-        Ok(())
+        links::create_camera_interface(cameras)
     }
 
     fn set_up_camera_interface(&self, cameras: &Cameras) -> Result<(), FirewallError> {
-        let interface = cameras.interface();
-        let failed = |reason: String| FirewallError::Interface {
-            interface: interface.clone(),
-            reason,
-        };
-        ip(&["link", "set", &cameras.parent, "up"]).map_err(failed)?;
-        // A kernel without IPv6 (ipv6.disable=1) has no such file: nothing to turn off.
-        if Path::new("/proc/sys/net/ipv6").exists() {
-            let ipv6_off = format!("/proc/sys/net/ipv6/conf/{interface}/disable_ipv6");
-            std::fs::write(&ipv6_off, "1").map_err(|e| failed(format!("{ipv6_off}: {e}")))?;
-        }
-        let wanted = IpNet::V4(cameras.address);
-        let current: Vec<IpNet> = Self::addresses(&interface)?
-            .into_iter()
-            .filter(|net| matches!(net, IpNet::V4(_)))
-            .collect();
-        if current != [wanted] {
-            ip(&["-4", "addr", "flush", "dev", &interface]).map_err(failed)?;
-            ip(&["addr", "add", &wanted.to_string(), "dev", &interface]).map_err(failed)?;
-        }
-        ip(&["link", "set", &interface, "up"]).map_err(failed)?;
-        // Known cameras' addresses resolve only to their own MACs: no ARP
-        // claim moves a permanent entry (dnsmasq, which could, broadcasts
-        // its DHCP answers instead of writing the ARP cache).
-        ip(&["-4", "neigh", "flush", "dev", &interface, "nud", "permanent"]).map_err(failed)?;
-        for camera in &cameras.known {
-            let address = camera.address.to_string();
-            ip(&[
-                "neigh",
-                "replace",
-                &address,
-                "lladdr",
-                &camera.mac,
-                "nud",
-                "permanent",
-                "dev",
-                &interface,
-            ])
-            .map_err(failed)?;
-        }
-        Ok(())
+        links::set_up_camera_interface(cameras)
     }
-}
-
-impl Nft {
-    fn addresses(interface: &str) -> Result<Vec<IpNet>, FirewallError> {
-        let links =
-            ip_json(&["addr", "show", "dev", interface]).map_err(|reason| FirewallError::Interface {
-                interface: interface.to_owned(),
-                reason,
-            })?;
-        Ok(links
-            .iter()
-            .flat_map(|link| link["addr_info"].as_array().cloned().unwrap_or_default())
-            .filter_map(|info| {
-                let address: std::net::IpAddr = info["local"].as_str()?.parse().ok()?;
-                IpNet::new(address, u8::try_from(info["prefixlen"].as_u64()?).ok()?).ok()
-            })
-            .collect())
-    }
-}
-
-/// Runs `ip ARGS`; its stderr is the error.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
-
-fn ip_json(args: &[&str]) -> Result<Vec<serde_json::Value>, String> {
-    let output = Command::new("ip")
-        .arg("-j")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).trim().to_owned());
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    serde_json::from_str(&text).map_err(|e| format!("unreadable output of ip {}: {e}", args.join(" ")))
 }
 
 #[derive(Debug, Clone, Copy)]
