@@ -96,18 +96,20 @@ for dir in lib log; do
   install -d -m 0755 "$work/root/var/$dir"
 done
 install -d -m 0700 "$data/var/lib/camgate"
-mkfs.ext4 -q -L data -d "$data" -E root_owner=0:0 "$work/images/data.ext4" "${data_mib}M"
+mkfs.ext4 -q -b 4096 -L data -d "$data" -E root_owner=0:0 "$work/images/data.ext4" "${data_mib}M"
 
 stage "system partition (ext4, mounted read-only)"
 used=$(du -sm "$work/root" | cut -f1)
 [ "$used" -lt $((system_mib * 8 / 10)) ] || { echo "image/build.sh: root filesystem ($used MiB) too big for $system_mib MiB" >&2; exit 1; }
-mkfs.ext4 -q -L system_a -d "$work/root" -E root_owner=0:0 "$work/images/system.ext4" "${system_mib}M"
+mkfs.ext4 -q -b 4096 -L system_a -d "$work/root" -E root_owner=0:0 "$work/images/system.ext4" "${system_mib}M"
 
 stage "disk image (genimage, GPT)"
 cat >"$work/genimage.cfg" <<EOF
 image $name.img {
   hdimage {
     partition-table-type = "gpt"
+    # Erase blocks of SD cards and SSDs.
+    align = 1M
   }
   partition esp {
     image = "esp.vfat"

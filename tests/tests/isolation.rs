@@ -77,6 +77,16 @@ fn site() -> String {
 
 const ADMIN_PASSWORD: &str = "admin pass";
 
+/// The MAC of `ns`'s port on the camera switch.
+fn camera_nic_mac(ns: &Netns) -> String {
+    let link: serde_json::Value = serde_json::from_slice(
+        &ns.ip(&["-j", "link", "show", "dev", &switch_port("camsw")])
+            .stdout,
+    )
+    .unwrap();
+    link[0]["address"].as_str().unwrap().to_owned()
+}
+
 /// `GET /api/cameras` as the admin, on camgate's own loopback.
 fn cameras_report(gw: &Netns) -> serde_json::Value {
     let admin = basic("root", ADMIN_PASSWORD);
@@ -199,12 +209,7 @@ fn cameras_reach_nothing_and_only_dvr_hosts_reach_cameras() {
     ]);
     bad.ip(&["-6", "route", "add", "default", "via", "fd77:1::1"]);
     // As if a rogue router had answered: IPv6 leaves for camgate's MAC.
-    let gw_link: serde_json::Value = serde_json::from_slice(
-        &gw.ip(&["-j", "link", "show", "dev", &switch_port("camsw")])
-            .stdout,
-    )
-    .unwrap();
-    let gw_mac = gw_link[0]["address"].as_str().unwrap().to_owned();
+    let gw_mac = camera_nic_mac(gw);
     bad.ip(&[
         "-6",
         "neigh",
@@ -217,12 +222,7 @@ fn cameras_reach_nothing_and_only_dvr_hosts_reach_cameras() {
         "nud",
         "permanent",
     ]);
-    let bad_link: serde_json::Value = serde_json::from_slice(
-        &bad.ip(&["-j", "link", "show", "dev", &switch_port("camsw")])
-            .stdout,
-    )
-    .unwrap();
-    let bad_mac = bad_link[0]["address"].as_str().unwrap().to_owned();
+    let bad_mac = camera_nic_mac(bad);
     gw.ip(&["-4", "addr", "flush", "dev", &switch_port("camsw")]);
 
     let recorders: Vec<(&str, Recorder<'_>)> = [("dvr", dvr), ("other", other), ("home", home), ("wan", wan)]
@@ -704,13 +704,7 @@ fn cameras_get_leases_and_time_resolve_nothing_and_show_what_they_asked() {
         porch_dns.recv(&mut [0u8; 512]).is_ok(),
         "the real porch camera got no answer"
     );
-    let spoof_link: serde_json::Value = serde_json::from_slice(
-        &spoof
-            .ip(&["-j", "link", "show", "dev", &switch_port("camsw")])
-            .stdout,
-    )
-    .unwrap();
-    let spoof_mac = spoof_link[0]["address"].as_str().unwrap().to_owned();
+    let spoof_mac = camera_nic_mac(spoof);
     let spoofer = wait_until("the impostor in the report", Duration::from_secs(5), || {
         cameras_report(gw)
             .as_array()

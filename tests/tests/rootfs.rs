@@ -74,10 +74,11 @@ fn unit_hardening_keeps_exposure_low() {
         "Restart=on-failure",
         "RestartPreventExitStatus=65",
         "ProtectSystem=strict",
-        "ReadWritePaths=/etc/camgate /var/lib/camgate",
+        "ReadWritePaths=/etc/camgate /var/lib/camgate /proc/sys/net",
+        "ProtectKernelTunables=yes",
         "NoNewPrivileges=yes",
         "PrivateTmp=yes",
-        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_NET_RAW CAP_SETUID CAP_SETGID",
     ] {
         assert!(text.lines().any(|l| l == line), "camgate.service lacks {line}");
     }

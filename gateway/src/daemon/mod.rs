@@ -317,6 +317,9 @@ impl Daemon {
         if daemon.setup {
             daemon.announce_setup()?;
         } else {
+            // Set up while stopped (a config put in place from outside): the
+            // code from the setup-mode run is void.
+            setup::remove_code(&daemon.config.daemon.state_dir);
             for url in admin_urls(&daemon.admin.local_addrs()) {
                 tracing::info!("camgate admin interface: {url}");
             }
