@@ -34,15 +34,9 @@ system_mib=1024
 data_mib=128
 
 stage "build dependencies"
-tools=(mmdebstrap genimage mtools dosfstools e2fsprogs xz-utils)
-missing=()
-for package in "${tools[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=image/lib.sh
+. "$here/lib.sh"
+install_missing mmdebstrap genimage mtools dosfstools e2fsprogs xz-utils
 
 work=$(mktemp -d /var/tmp/camgate-image.XXXXXX)
 cleanup() { [ -n "${KEEP_WORK:-}" ] && echo "work folder kept: $work" >&2 || rm -rf "$work"; }

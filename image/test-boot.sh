@@ -26,15 +26,9 @@ start=$SECONDS
 stage() { printf '==> [%4ds] %s\n' "$((SECONDS - start))" "$*" >&2; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-packages=(qemu-system-x86 ovmf mtools fdisk e2fsprogs busybox-static python3 curl xz-utils cpio)
-missing=()
-for package in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=image/lib.sh
+. "$here/lib.sh"
+install_missing qemu-system-x86 ovmf mtools fdisk e2fsprogs busybox-static python3 curl xz-utils cpio
 
 work=$(mktemp -d /var/tmp/camgate-boot.XXXXXX)
 ns=cgboot-$$
@@ -100,9 +94,9 @@ boot_camgate() { # $1: serial log file
   camgate_pid=$!
 }
 wait_for() { # $1: what, $2: seconds, then a command that succeeds when done
-  local what=$1 deadline=$((SECONDS + $2)); shift 2
+  local what=$1 seconds=$2 deadline=$((SECONDS + $2)); shift 2
   until "$@"; do
-    [ $SECONDS -lt $deadline ] || fail "$what (no result in $((deadline - SECONDS + $2)) s)"
+    [ $SECONDS -lt $deadline ] || fail "$what (nothing in $seconds s)"
     kill -0 "$camgate_pid" 2>/dev/null || fail "$what: qemu exited"
     sleep 1
   done

@@ -395,9 +395,11 @@ fn setup_mode_without_a_config_prints_the_url_and_code() {
     std::fs::write(&code_path, format!("{code}\n")).unwrap();
     camgate.write_config("[daemon]\nmode = \"dev\"\nstate_dir = \"var/lib\"\nlog = \"info\"\n");
     camgate.restart(Some(&netns));
-    wait_until("the restarted camgate to void the setup code", Duration::from_secs(10), || {
-        (!code_path.exists()).then_some(())
-    });
+    wait_until(
+        "the restarted camgate to void the setup code",
+        Duration::from_secs(10),
+        || (!code_path.exists()).then_some(()),
+    );
     let status = get_ok(&netns, "http://127.0.0.1:8080/api/status").json();
     assert_eq!(status["setup"], false);
 }

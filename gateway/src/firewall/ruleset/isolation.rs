@@ -20,7 +20,7 @@ use std::collections::HashSet;
 
 use ipnet::IpNet;
 use nftables::batch::Batch;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Prefix, SetItem};
+use nftables::expr::{Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Prefix, SetItem};
 use nftables::schema::{Element, FlushObject, NfCmd, NfListObject, Set, SetFlag, SetType, SetTypeValue};
 use nftables::stmt::{Limit, Log, Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -41,6 +41,8 @@ const WAN_IN: &str = "wan-in";
 
 const CAMERA_INGRESS: &str = "camera-ingress";
 const CAMERA_SPOOFED: &str = "camera-spoofed";
+const CAMERA_PREROUTING: &str = "camera-prerouting";
+const CAMERA_EGRESS: &str = "camera-egress";
 /// Logged packets per second and rule (the counters count them all): a
 /// flooding camera cannot flood camgate's report reader.
 const LOG_RATE: u32 = 200;
@@ -104,6 +106,7 @@ pub(super) fn add_front(batch: &mut Batch<'static>, isolation: &Isolation) {
         FROM_CAMERAS,
         WAN_IN,
         CAMERA_SPOOFED,
+        CAMERA_EGRESS,
     ] {
         batch.add(NfListObject::Chain(regular_chain(chain)));
     }
@@ -122,6 +125,7 @@ pub(super) fn add_front(batch: &mut Batch<'static>, isolation: &Isolation) {
         ));
         to_cameras(batch, &isolation.uplink);
         from_cameras(batch);
+        camera_egress(batch, &interface);
         batch.add(rule(
             SNAT,
             vec![
@@ -400,6 +404,21 @@ fn camera_in(batch: &mut Batch<'static>, cameras: &Cameras) {
         CAMERA_IN,
         vec![ct_state(&["established", "related"]), Statement::Accept(None)],
     ));
+    // camgate's own broadcasts and multicasts on the camera NIC, looped back
+    // (the kernel drops a local source arriving from the wire as martian).
+    batch.add(rule(
+        CAMERA_IN,
+        vec![
+            equals(
+                Expression::Named(NamedExpression::Fib(Fib {
+                    result: FibResult::Type,
+                    flags: HashSet::from([FibFlag::Saddr]),
+                })),
+                Expression::String("local".into()),
+            ),
+            Statement::Accept(None),
+        ],
+    ));
     // DHCP discovery comes from 0.0.0.0, before the camera has an address.
     batch.add(rule(
         CAMERA_IN,
@@ -471,13 +490,52 @@ fn from_cameras(batch: &mut Batch<'static>) {
             Statement::Accept(None),
         ],
     ));
-    batch.add(rule(FROM_CAMERAS, report(DroppedAt::Forward)));
+    batch.add(rule(
+        FROM_CAMERAS,
+        vec![named_counter("camera-egress"), Statement::Drop(None)],
+    ));
+}
+
+/// What a camera starts towards anything but camgate itself, dropped before
+/// routing: counted by kind and logged whether or not camgate forwards IP
+/// at all (without forwarding the kernel would drop it unseen).
+fn camera_egress(batch: &mut Batch<'static>, interface: &str) {
+    batch.add(NfListObject::Chain(base_chain(
+        CAMERA_PREROUTING,
+        NfChainType::Filter,
+        NfHook::Prerouting,
+        -140,
+        NfChainPolicy::Accept,
+    )));
+    let not_for_camgate = Expression::Named(NamedExpression::Set(
+        ["local", "broadcast", "multicast"]
+            .into_iter()
+            .map(|t| SetItem::Element(Expression::String(t.into())))
+            .collect(),
+    ));
+    batch.add(rule(
+        CAMERA_PREROUTING,
+        vec![
+            interface_is(MetaKey::Iifname, interface),
+            equals(ct("direction"), Expression::String("original".into())),
+            Statement::Match(Match {
+                left: Expression::Named(NamedExpression::Fib(Fib {
+                    result: FibResult::Type,
+                    flags: HashSet::from([FibFlag::Daddr]),
+                })),
+                right: not_for_camgate,
+                op: Operator::NEQ,
+            }),
+            jump(CAMERA_EGRESS),
+        ],
+    ));
+    batch.add(rule(CAMERA_EGRESS, report(DroppedAt::Forward)));
     for (protocol, set, counter) in [
         ("tcp", "mirai-ports", "camera-mirai"),
         ("udp", "p2p-cloud-ports", "camera-p2p-cloud"),
     ] {
         batch.add(rule(
-            FROM_CAMERAS,
+            CAMERA_EGRESS,
             vec![
                 in_named_set(field(protocol, "dport"), set),
                 named_counter(counter),
@@ -486,7 +544,7 @@ fn from_cameras(batch: &mut Batch<'static>) {
         ));
     }
     batch.add(rule(
-        FROM_CAMERAS,
+        CAMERA_EGRESS,
         vec![named_counter("camera-egress"), Statement::Drop(None)],
     ));
 }
@@ -705,7 +763,14 @@ mod tests {
             rules[1]
         );
         assert!(rules[2].contains("camera-ipv6") && rules[2].contains("drop"));
-        for (chain, prefix) in [("from-cameras", "camera-forward"), ("camera-in", "camera-input")] {
+        let prerouting = rules_of(&commands, "camera-prerouting");
+        let egress = prerouting[0]["expr"].to_string();
+        for needle in ["cam0", "original", "fib", "local", "!=", "camera-egress"] {
+            assert!(egress.contains(needle), "{needle}: {egress}");
+        }
+        let last = rules_of(&commands, "camera-egress").last().unwrap()["expr"].to_string();
+        assert!(last.contains("camera-egress") && last.contains("drop"), "{last}");
+        for (chain, prefix) in [("camera-egress", "camera-forward"), ("camera-in", "camera-input")] {
             let logged: Vec<String> = rules_of(&commands, chain)
                 .iter()
                 .map(|r| r["expr"].to_string())
