@@ -743,29 +743,12 @@ fn cameras_get_leases_and_time_resolve_nothing_and_show_what_they_asked() {
 
     // /api/cameras (admin only): leases, names, and what each camera asked.
     let url = "http://127.0.0.1:8080/api/cameras";
-    let admin = basic("root", "admin pass")
-        .trim_start_matches("Authorization: ")
-        .trim_end()
-        .to_owned();
     assert_eq!(camgate_tests::http::get(gw, url).unwrap().status, 401);
     let list = wait_until(
         "the DNS questions in the camera report",
         Duration::from_secs(5),
         || {
-            let reply = camgate_tests::http::request(
-                gw,
-                "GET",
-                url,
-                &[(
-                    "Authorization",
-                    basic("root", "admin pass")
-                        .trim_start_matches("Authorization: ")
-                        .trim_end(),
-                )],
-            )
-            .unwrap();
-            assert_eq!(reply.status, 200, "{}", reply.body);
-            let list = reply.json();
+            let list = cameras_report(gw);
             let asked = list
                 .as_array()
                 .unwrap()
@@ -801,9 +784,7 @@ fn cameras_get_leases_and_time_resolve_nothing_and_show_what_they_asked() {
         socket.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
         socket.recv(&mut answer).ok().map(|_| ())
     });
-    let garage = camgate_tests::http::request(gw, "GET", url, &[("Authorization", admin.as_str())])
-        .unwrap()
-        .json();
+    let garage = cameras_report(gw);
     assert!(
         garage
             .as_array()
