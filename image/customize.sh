@@ -15,7 +15,7 @@ tar -C "$repo/rootfs" --exclude=./README.md --owner=0 --group=0 -cf - . | tar -C
 install -D -m 0644 "$repo/rootfs/etc/camgate/camgate.toml" "$root/usr/share/doc/camgate/camgate.toml"
 
 # Mount points of the read-only root: the data partition and what is bound from it.
-install -d -m 0755 "$root/data" "$root/boot/efi"
+install -d -m 0755 "$root/data"
 install -d -m 0700 "$root/etc/camgate"
 install -d -m 2755 "$root/var/log/journal"
 
@@ -26,6 +26,11 @@ rm -f "$root/var/lib/dbus/machine-id" "$root"/etc/ssh/ssh_host_*
 chroot "$root" passwd --lock root >/dev/null
 echo camgate >"$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tcamgate\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
+
+# build.sh kept update-initramfs from running during the installation: now, once.
+rm "$root/usr/sbin/update-initramfs"
+chroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+chroot "$root" update-initramfs -c -k all >/dev/null
 
 chroot "$root" systemctl enable camgate.service camgate-boot-files.path camgate-import-config.service \
   systemd-networkd.service avahi-daemon.service >/dev/null 2>&1

@@ -43,9 +43,12 @@ fi
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
 
-# The appliance image: built from Debian trixie packages and boot-tested in qemu, two boots and a camera VM
-# on an 802.1Q VLAN (image/README.md). Only for the whole suite: arguments select tests above.
+# The appliance images, built from Debian trixie packages and boot-tested in qemu (image/README.md): x86_64
+# with two boots and a camera VM on an 802.1Q VLAN, rpi-arm64 (cross-built) with a smoke boot. Only for
+# the whole suite: arguments select tests above.
 if [ $# -eq 0 ]; then
   image/build.sh x86_64
   image/test-boot.sh x86_64
+  image/build.sh rpi-arm64
+  image/test-boot.sh rpi-arm64
 fi
