@@ -44,6 +44,8 @@ work=$(mktemp -d /var/tmp/camgate-boot.XXXXXX)
 ns=cgboot-$$
 pids=()
 cleanup() {
+  # Every VM runs in the namespace: its processes, not just the shells that started them.
+  ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
