@@ -6,6 +6,7 @@
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use crate::fsutil::{remove_if_present, replace_private};
 
@@ -13,6 +14,10 @@ use crate::fsutil::{remove_if_present, replace_private};
 const ALPHABET: &[u8; 32] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
 const GROUP: usize = 5;
 const GROUPS: usize = 2;
+/// A code older than this is replaced, and the new one shown on the
+/// console and the boot partition: a code read (or photographed) long ago
+/// stops working.
+pub const CODE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupCodeError {
@@ -64,19 +69,65 @@ impl SetupCode {
     }
 }
 
+/// What a typed setup code turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCheck {
+    Valid,
+    Wrong,
+    /// The stored code had expired: a new one is stored and logged.
+    Expired,
+}
+
+/// Checks `typed` against the stored code (case, spaces and dashes do not
+/// matter: people type it off a screen). An expired code is replaced.
+pub fn check_code(state_dir: &Path, typed: &str, now: SystemTime) -> Result<CodeCheck, SetupCodeError> {
+    let path = code_path(state_dir);
+    let expired = fs::metadata(&path)
+        .and_then(|meta| meta.modified())
+        .is_ok_and(|made| now.duration_since(made).unwrap_or_default() > CODE_LIFETIME);
+    if expired {
+        remove_code(state_dir);
+        let code = ensure_code(state_dir)?;
+        tracing::warn!("the setup code expired; the new setup code is: {}", code.as_str());
+        return Ok(CodeCheck::Expired);
+    }
+    let code = ensure_code(state_dir)?;
+    let normalize = |text: &str| -> String {
+        text.chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .map(|c| c.to_ascii_uppercase())
+            .collect()
+    };
+    // Digests compared, so the time taken says nothing about the code.
+    let matches = crate::auth::token::digest(&normalize(typed))
+        == crate::auth::token::digest(&normalize(code.as_str()));
+    Ok(if matches {
+        CodeCheck::Valid
+    } else {
+        CodeCheck::Wrong
+    })
+}
+
 pub fn code_path(state_dir: &Path) -> PathBuf {
     state_dir.join("setup-code")
 }
 
-/// Returns the stored code, or creates and stores a new one.
+/// Returns the stored code, or creates and stores a new one (also in place
+/// of an expired one).
 pub fn ensure_code(state_dir: &Path) -> Result<SetupCode, SetupCodeError> {
     let path = code_path(state_dir);
     match fs::read_to_string(&path) {
         Ok(text) => {
-            if let Some(code) = SetupCode::parse(&text) {
-                return Ok(code);
+            let expired = fs::metadata(&path)
+                .and_then(|meta| meta.modified())
+                .is_ok_and(|made| made.elapsed().unwrap_or_default() > CODE_LIFETIME);
+            match SetupCode::parse(&text) {
+                Some(code) if !expired => return Ok(code),
+                Some(_) => tracing::info!("the stored setup code expired; making a new one"),
+                None => {
+                    tracing::warn!(path = %path.display(), "stored setup code is malformed; making a new one");
+                }
             }
-            tracing::warn!(path = %path.display(), "stored setup code is malformed; making a new one");
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(source) => {
@@ -128,6 +179,42 @@ mod tests {
         );
         remove_code(dir.path());
         assert!(!code_path(dir.path()).exists());
+    }
+
+    #[test]
+    fn typed_codes_match_loosely_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let code = ensure_code(dir.path()).unwrap();
+        let now = SystemTime::now();
+        let loose = format!(" {} ", code.as_str().replace('-', " ").to_ascii_lowercase());
+        for typed in [code.as_str(), &code.as_str().replace('-', ""), &loose] {
+            assert_eq!(
+                check_code(dir.path(), typed, now).unwrap(),
+                CodeCheck::Valid,
+                "{typed}"
+            );
+        }
+        assert_eq!(
+            check_code(dir.path(), "ABCDE-FGHJK", now).unwrap(),
+            CodeCheck::Wrong
+        );
+        assert_eq!(check_code(dir.path(), "", now).unwrap(), CodeCheck::Wrong);
+
+        let later = now + CODE_LIFETIME + Duration::from_secs(60);
+        assert_eq!(
+            check_code(dir.path(), code.as_str(), later).unwrap(),
+            CodeCheck::Expired
+        );
+        let fresh = ensure_code(dir.path()).unwrap();
+        assert_ne!(fresh, code, "an expired code was kept");
+        assert_eq!(
+            check_code(dir.path(), code.as_str(), now).unwrap(),
+            CodeCheck::Wrong
+        );
+        assert_eq!(
+            check_code(dir.path(), fresh.as_str(), now).unwrap(),
+            CodeCheck::Valid
+        );
     }
 
     #[test]

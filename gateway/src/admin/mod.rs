@@ -3,6 +3,7 @@
 //! only: until camgate manages the firewall, by where it is bound; the
 //! wizard will add its own check.
 
+pub mod claim;
 mod credentials;
 pub mod metrics;
 
@@ -61,6 +62,8 @@ pub struct AppState {
     pub forwards: Arc<crate::forward::ForwardStatusSource>,
     /// The camera segment: leases and what cameras asked DNS.
     pub cameras: Arc<crate::cameras::CameraReport>,
+    /// Setup mode's claim: the setup code makes the first admin.
+    pub claims: Arc<claim::Claims>,
 }
 
 /// `localhost`, `camgate.local`, and this machine's host name (plain and
@@ -94,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/status", get(status))
+        .route("/api/setup/claim", post(claim::claim))
         .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
         .layer(middleware::from_fn_with_state(state.clone(), request_context))
@@ -297,8 +301,8 @@ fn principal_name(principal: &Principal) -> &str {
     }
 }
 
-fn api_error(status: StatusCode, message: &'static str) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
+fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -314,8 +318,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn index(State(state): State<AppState>) -> Html<String> {
     let status = state.status.borrow().clone();
     let what = if status.setup {
-        "This camgate is not set up yet. The one-time setup code is in camgate's log \
-         (<code>journalctl -u camgate</code>, or the terminal that runs it)."
+        "This camgate is not set up yet. Its one-time setup code is on its console, in \
+         <code>SETUP.TXT</code> on its boot partition, and in its log (<code>journalctl -u camgate</code>, \
+         or the terminal that runs it). Claim it with <code>POST /api/setup/claim</code> and \
+         <code>{\"code\", \"user\", \"password\"}</code>: that user becomes the admin."
     } else {
         "camgate is running."
     };

@@ -106,6 +106,17 @@ impl fmt::Display for Located {
 }
 
 impl ConfigError {
+    /// The key and what is wrong with it, without file or position: for an
+    /// API answering about a value it was sent, not a file the user wrote.
+    pub fn key_and_message(&self) -> (Option<&str>, String) {
+        match self {
+            Self::Invalid(located) if !located.key.is_empty() => {
+                (Some(&located.key), located.message.clone())
+            }
+            other => (None, other.summary()),
+        }
+    }
+
     /// The first line: file, line, column, key and message, without the
     /// snippet. For logs (one entry) and the status API (no config text).
     pub fn summary(&self) -> String {

@@ -29,6 +29,8 @@ use crate::fsutil::{remove_if_present, write_new_private};
 pub enum StoreError {
     #[error("not saved: {0}")]
     Invalid(#[from] ConfigError),
+    #[error("not saved: {} exists already", .0.display())]
+    Exists(PathBuf),
     #[error("not saved: cannot {step} {}: {source}", path.display())]
     Io {
         step: &'static str,
@@ -80,6 +82,44 @@ impl ConfigStore {
         let config = super::parse(&text, &self.path, self.overrides)?;
         self.replace(&text)?;
         Ok(config)
+    }
+
+    /// The first config: validates `text` and makes it the config file only
+    /// if there is none yet (a claim must not overwrite a config someone put
+    /// there meanwhile). Blocking.
+    pub fn create(&self, text: &str) -> Result<Config, StoreError> {
+        let config = super::parse(text, &self.path, self.overrides)?;
+        let _lock = self.lock()?;
+        let temp = self.sibling(".", ".tmp");
+        write_new_private(&temp, text.as_bytes()).map_err(io("write", &temp))?;
+        // link(2) fails if the name exists: created whole, or not at all.
+        let linked = fs::hard_link(&temp, &self.path);
+        remove_if_present(&temp).map_err(io("remove", &temp))?;
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                return Err(StoreError::Exists(self.path.clone()));
+            }
+            Err(e) => return Err(io("create", &self.path)(e)),
+        }
+        let dir = self.dir();
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("sync directory", dir))?;
+        Ok(config)
+    }
+
+    /// Takes back a config made by [`Self::create`] that the daemon could
+    /// not apply, so the file says what is running (setup mode). Blocking.
+    pub fn withdraw(&self, text: &str) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        match fs::read_to_string(&self.path) {
+            // Changed since: someone else's config, not ours to remove.
+            Ok(current) if current != text => Ok(()),
+            Ok(_) => remove_if_present(&self.path).map_err(io("remove", &self.path)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("read", &self.path)(e)),
+        }
     }
 
     /// Serializes saves within the process (mutex) and across processes
@@ -171,6 +211,32 @@ mod tests {
             "invalid config was written"
         );
         assert_eq!(fs::read_to_string(store.previous_path()).unwrap(), GOOD);
+    }
+
+    #[test]
+    fn create_never_overwrites_and_withdraw_removes_only_its_own_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::new(dir.path().join("camgate.toml"), Overrides::default());
+        store.create(GOOD).unwrap();
+        assert_eq!(fs::read_to_string(store.path()).unwrap(), GOOD);
+        let err = store.create(BETTER).unwrap_err();
+        assert!(matches!(err, StoreError::Exists(_)), "{err}");
+        assert_eq!(fs::read_to_string(store.path()).unwrap(), GOOD);
+        assert!(store.create("[daemon]\nmode = \"turbo\"\n").is_err());
+
+        store.withdraw(BETTER).unwrap();
+        assert!(store.path().exists(), "withdrew a config it did not write");
+        store.withdraw(GOOD).unwrap();
+        assert!(!store.path().exists());
+        store.withdraw(GOOD).unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                .count(),
+            0
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::acme::AcmeService;
@@ -26,6 +26,7 @@ use crate::admin::{self, AdminServer, AppState, Metrics};
 use crate::auth::{AuthShared, Sessions};
 use crate::cameras::CameraService;
 use crate::clock::{unix_now, unix_now_f64};
+use crate::config::store::ConfigStore;
 use crate::config::{Config, ConfigError, ConfigSource, Loaded, Mode};
 use crate::firewall::{Firewall, FirewallError, Nft};
 use crate::forward::{ForwardError, ForwardService, ReloadFailure};
@@ -176,6 +177,24 @@ pub enum SubsystemState {
     Disabled,
 }
 
+/// What a reload asked through [`ReloadHandle`] answers: the new generation,
+/// or why the running configuration stays.
+type ReloadReply = oneshot::Sender<Result<u64, String>>;
+
+/// Lets the admin API apply a config it saved: the daemon's own loop
+/// reloads, one reload at a time as on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct ReloadHandle(mpsc::Sender<ReloadReply>);
+
+impl ReloadHandle {
+    pub async fn reload(&self) -> Result<u64, String> {
+        let (reply, answer) = oneshot::channel();
+        const STOPPING: &str = "camgate is stopping";
+        self.0.send(reply).await.map_err(|_| STOPPING.to_owned())?;
+        answer.await.map_err(|_| STOPPING.to_owned())?
+    }
+}
+
 /// A started daemon. [`run`] drives it from signals; tests may drive it
 /// directly.
 #[derive(Debug)]
@@ -193,6 +212,7 @@ pub struct Daemon {
     auth: Arc<AuthShared>,
     status: watch::Sender<DaemonStatus>,
     metrics: Arc<Metrics>,
+    reload_requests: mpsc::Receiver<ReloadReply>,
 }
 
 impl Daemon {
@@ -260,6 +280,12 @@ impl Daemon {
         if config.manages_system() {
             crate::firewall::nflog::spawn(cameras.report(), &drain);
         }
+        let (reload_handle, reload_requests) = mpsc::channel(4);
+        let claims = admin::claim::Claims::new(
+            ConfigStore::new(source.path.clone(), source.overrides),
+            &config,
+            ReloadHandle(reload_handle),
+        );
         let router = admin::router(AppState {
             status: status_rx,
             auth: Arc::clone(&auth),
@@ -270,6 +296,7 @@ impl Daemon {
             acme: acme.host_status(),
             forwards: forwards.status_source(),
             cameras: cameras.report(),
+            claims: Arc::new(claims),
         });
         let admin = AdminServer::start(
             config.admin.listen.iter().copied().zip(listeners.admin).collect(),
@@ -312,6 +339,7 @@ impl Daemon {
             auth,
             status,
             metrics,
+            reload_requests,
         };
         daemon.publish_status(1);
         if daemon.setup {
@@ -501,6 +529,16 @@ pub async fn run(
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     _ = daemon.reload() => {}
+                }
+            }
+            Some(reply) = daemon.reload_requests.recv() => {
+                tracing::info!("reloading the configuration the admin API saved");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    result = daemon.reload() => {
+                        // The asker may have gone (client disconnected): the reload stands.
+                        let _ = reply.send(result.map_err(|e| e.summary()));
+                    }
                 }
             }
         }
