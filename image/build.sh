@@ -183,7 +183,8 @@ CONFIG
 }
 "boot_files_${target//-/_}"
 mkdir "$work/images"
-mkfs.vfat -n CAMGATE -C "$work/images/boot.vfat" $((boot_mib * 1024)) >/dev/null
+# FAT32 (mkfs.vfat would pick FAT16 at this size): what the Pi's firmware and every PC read best.
+mkfs.vfat -F 32 -n CAMGATE -C "$work/images/boot.vfat" $((boot_mib * 1024)) >/dev/null
 mcopy -s -i "$work/images/boot.vfat" "$boot"/* ::/
 # /boot is the boot partition's mount point: the kernel files there are in the partition already.
 find "$root/boot" -mindepth 1 -delete

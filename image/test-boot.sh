@@ -165,8 +165,11 @@ assert s["mode"] == "appliance" and s["setup"] is True, s
 firewall = [x for x in s["subsystems"] if x["name"] == "firewall"]
 assert firewall and firewall[0]["state"] == "running", s["subsystems"]
 EOF
-wait_for "the setup code on the console's login banner" 60 grep -qsE "setup code: +[2-9A-Z]{5}-[2-9A-Z]{5}" "$log1"
-code=$(grep -oE "setup code: +[2-9A-Z]{5}-[2-9A-Z]{5}" "$log1" | tail -n 1 | grep -oE "[2-9A-Z]{5}-[2-9A-Z]{5}")
+# The banner's own words (camgate's log line, forwarded too, also names the code, and comes first).
+banner_code="enter the setup code: +[2-9A-Z]{5}-[2-9A-Z]{5}"
+wait_for "the setup code on the console's login banner" 120 grep -qsE "$banner_code" "$log1"
+code=$(grep -oE "$banner_code" "$log1" | tail -n 1 | grep -oE "[2-9A-Z]{5}-[2-9A-Z]{5}")
+grep -q "setup code: $code" "$log1" || fail "the banner's code $code is not the one camgate logged"
 stage "setup code $code shown; powering off"
 power_off
 mtype -i "$boot" ::SETUP.TXT | grep -q "$code" || fail "SETUP.TXT on the boot partition lacks the code"
