@@ -79,13 +79,25 @@ pub enum CodeCheck {
 }
 
 /// Checks `typed` against the stored code (case, spaces and dashes do not
-/// matter: people type it off a screen). An expired code is replaced.
-pub fn check_code(state_dir: &Path, typed: &str, now: SystemTime) -> Result<CodeCheck, SetupCodeError> {
+/// matter: people type it off a screen). The code has expired when both
+/// the file is older than [`CODE_LIFETIME`] by the wall clock and camgate
+/// has been showing it that long (`shown_for`, a monotonic clock): a Pi
+/// has no clock until NTP answers, and its first jump must not void the
+/// code the user just read off the boot partition. An expired code is
+/// replaced.
+pub fn check_code(
+    state_dir: &Path,
+    typed: &str,
+    now: SystemTime,
+    shown_for: Duration,
+) -> Result<CodeCheck, SetupCodeError> {
     let path = code_path(state_dir);
-    let expired = fs::metadata(&path)
+    let file_age = fs::metadata(&path)
         .and_then(|meta| meta.modified())
-        .is_ok_and(|made| now.duration_since(made).unwrap_or_default() > CODE_LIFETIME);
-    if expired {
+        .map_or(Duration::ZERO, |made| {
+            now.duration_since(made).unwrap_or_default()
+        });
+    if file_age.min(shown_for) > CODE_LIFETIME {
         remove_code(state_dir);
         let code = ensure_code(state_dir)?;
         tracing::warn!("the setup code expired; the new setup code is: {}", code.as_str());
@@ -112,22 +124,15 @@ pub fn code_path(state_dir: &Path) -> PathBuf {
     state_dir.join("setup-code")
 }
 
-/// Returns the stored code, or creates and stores a new one (also in place
-/// of an expired one).
+/// Returns the stored code, or creates and stores a new one.
 pub fn ensure_code(state_dir: &Path) -> Result<SetupCode, SetupCodeError> {
     let path = code_path(state_dir);
     match fs::read_to_string(&path) {
         Ok(text) => {
-            let expired = fs::metadata(&path)
-                .and_then(|meta| meta.modified())
-                .is_ok_and(|made| made.elapsed().unwrap_or_default() > CODE_LIFETIME);
-            match SetupCode::parse(&text) {
-                Some(code) if !expired => return Ok(code),
-                Some(_) => tracing::info!("the stored setup code expired; making a new one"),
-                None => {
-                    tracing::warn!(path = %path.display(), "stored setup code is malformed; making a new one");
-                }
+            if let Some(code) = SetupCode::parse(&text) {
+                return Ok(code);
             }
+            tracing::warn!(path = %path.display(), "stored setup code is malformed; making a new one");
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(source) => {
@@ -186,35 +191,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let code = ensure_code(dir.path()).unwrap();
         let now = SystemTime::now();
+        let shown = Duration::from_secs(60);
+        let check = |typed: &str, now, shown| check_code(dir.path(), typed, now, shown).unwrap();
         let loose = format!(" {} ", code.as_str().replace('-', " ").to_ascii_lowercase());
         for typed in [code.as_str(), &code.as_str().replace('-', ""), &loose] {
-            assert_eq!(
-                check_code(dir.path(), typed, now).unwrap(),
-                CodeCheck::Valid,
-                "{typed}"
-            );
+            assert_eq!(check(typed, now, shown), CodeCheck::Valid, "{typed}");
         }
-        assert_eq!(
-            check_code(dir.path(), "ABCDE-FGHJK", now).unwrap(),
-            CodeCheck::Wrong
-        );
-        assert_eq!(check_code(dir.path(), "", now).unwrap(), CodeCheck::Wrong);
+        assert_eq!(check("ABCDE-FGHJK", now, shown), CodeCheck::Wrong);
+        assert_eq!(check("", now, shown), CodeCheck::Wrong);
 
+        // The wall clock jumped (NTP after boot) but camgate has shown the
+        // code for a minute only: still valid. So is one shown for a day
+        // whose file is new (the clock went back).
         let later = now + CODE_LIFETIME + Duration::from_secs(60);
-        assert_eq!(
-            check_code(dir.path(), code.as_str(), later).unwrap(),
-            CodeCheck::Expired
-        );
+        let day = CODE_LIFETIME + Duration::from_secs(60);
+        assert_eq!(check(code.as_str(), later, shown), CodeCheck::Valid);
+        assert_eq!(check(code.as_str(), now, day), CodeCheck::Valid);
+        assert_eq!(check(code.as_str(), later, day), CodeCheck::Expired);
         let fresh = ensure_code(dir.path()).unwrap();
         assert_ne!(fresh, code, "an expired code was kept");
-        assert_eq!(
-            check_code(dir.path(), code.as_str(), now).unwrap(),
-            CodeCheck::Wrong
-        );
-        assert_eq!(
-            check_code(dir.path(), fresh.as_str(), now).unwrap(),
-            CodeCheck::Valid
-        );
+        assert_eq!(check(code.as_str(), now, shown), CodeCheck::Wrong);
+        assert_eq!(check(fresh.as_str(), now, shown), CodeCheck::Valid);
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! partition, log), typed in from the LAN, creates the first admin user.
 //! The config file exists from then on, so setup mode is over for good.
 //!
-//! Only from a network camgate is on itself (not routed, not the cameras'),
-//! failures limited per client and overall, and the code expires
-//! ([`crate::setup::CODE_LIFETIME`]).
+//! Only from a network camgate is on itself (not routed, not link-local),
+//! attempts limited per client and overall, and the code expires
+//! ([`crate::setup::CODE_LIFETIME`]). The code's 50 bits are the real lock;
+//! these keep guessing and noise down.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::collections::hash_map::Entry;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -24,12 +26,15 @@ use crate::config::store::{ConfigStore, StoreError};
 use crate::daemon::ReloadHandle;
 use crate::setup::{self, CodeCheck};
 
-/// Wrong codes a client may try per window, and all clients together.
-const CLIENT_FAILURES: u32 = 5;
-const TOTAL_FAILURES: u32 = 30;
+/// Wrong codes a client (an IPv6 /64 counts as one) may try per window,
+/// and all clients together.
+const CLIENT_ATTEMPTS: u32 = 5;
+const TOTAL_ATTEMPTS: u32 = 100;
 const WINDOW: Duration = Duration::from_secs(10 * 60);
 /// Clients remembered; beyond this only the total counts.
 const MAX_CLIENTS: usize = 4096;
+/// The claim's JSON is a code, a name and a password.
+pub const MAX_BODY_BYTES: usize = 4096;
 /// The first admin's password, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 10;
 
@@ -39,34 +44,29 @@ pub struct Claims {
     store: ConfigStore,
     state_dir: PathBuf,
     reload: ReloadHandle,
-    /// Never a place a claim may come from, even if on-link.
-    camera_network: Option<IpNet>,
-    failures: Mutex<Failures>,
+    attempts: Mutex<Attempts>,
+    /// Since when camgate has been showing the current code.
+    code_shown: Mutex<Instant>,
     /// One claim at a time: the second sees that setup is over.
     claiming: tokio::sync::Mutex<()>,
 }
 
 impl Claims {
-    pub fn new(store: ConfigStore, config: &crate::config::Config, reload: ReloadHandle) -> Self {
-        let camera_network = config
-            .network
-            .as_ref()
-            .and_then(|n| n.cameras.as_ref())
-            .map(|c| IpNet::V4(c.address.trunc()));
+    pub fn new(store: ConfigStore, state_dir: PathBuf, reload: ReloadHandle) -> Self {
         Self {
             store,
-            state_dir: config.daemon.state_dir.clone(),
+            state_dir,
             reload,
-            camera_network,
-            failures: Mutex::default(),
+            attempts: Mutex::default(),
+            code_shown: Mutex::new(Instant::now()),
             claiming: tokio::sync::Mutex::new(()),
         }
     }
 }
 
-/// Failed attempts in the current window: per client, and in total.
+/// Attempts in the current window: per client, and in total.
 #[derive(Debug, Default)]
-struct Failures {
+struct Attempts {
     clients: HashMap<IpAddr, Window>,
     total: Window,
 }
@@ -96,46 +96,72 @@ impl Window {
     }
 }
 
-impl Failures {
-    /// `Err(wait)` while the client, or everyone, has used up the window.
-    fn admit(&mut self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+/// The limiter's key: an IPv6 client may hold a whole /64.
+fn client_key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
+
+impl Attempts {
+    /// Counts an attempt, or `Err(wait)` while the client, or everyone, has
+    /// used up the window. Counted before the code is checked, so parallel
+    /// requests cannot all slip in; [`Self::refund`] gives a right code's
+    /// attempt back.
+    fn take(&mut self, client: IpAddr, now: Instant) -> Result<(), Duration> {
+        if client.is_loopback() {
+            return Ok(()); // the machine itself: its console shows the code anyway
+        }
+        let key = client_key(client);
         let total = self.total.current(now);
-        if total.count >= TOTAL_FAILURES {
+        if total.count >= TOTAL_ATTEMPTS {
             return Err(total.left(now));
         }
-        if let Some(window) = self.clients.get_mut(&client) {
-            let window = window.current(now);
-            if window.count >= CLIENT_FAILURES {
+        if !self.clients.contains_key(&key) && self.clients.len() >= MAX_CLIENTS {
+            self.clients
+                .retain(|_, w| w.start.is_some_and(|s| now.duration_since(s) < WINDOW));
+        }
+        let room = self.clients.len() < MAX_CLIENTS;
+        let window = match self.clients.entry(key) {
+            Entry::Occupied(entry) => Some(entry.into_mut().current(now)),
+            Entry::Vacant(entry) if room => Some(entry.insert(Window::default()).current(now)),
+            Entry::Vacant(_) => None,
+        };
+        if let Some(window) = window {
+            if window.count >= CLIENT_ATTEMPTS {
                 return Err(window.left(now));
             }
+            window.count += 1;
         }
+        self.total.count += 1;
         Ok(())
     }
 
-    fn record(&mut self, client: IpAddr, now: Instant) {
-        self.total.current(now).count += 1;
-        if self.clients.len() >= MAX_CLIENTS && !self.clients.contains_key(&client) {
-            self.clients
-                .retain(|_, w| w.start.is_some_and(|s| now.duration_since(s) < WINDOW));
-            if self.clients.len() >= MAX_CLIENTS {
-                return;
-            }
+    fn refund(&mut self, client: IpAddr) {
+        if client.is_loopback() {
+            return;
         }
-        self.clients.entry(client).or_default().current(now).count += 1;
+        self.total.count = self.total.count.saturating_sub(1);
+        if let Some(window) = self.clients.get_mut(&client_key(client)) {
+            window.count = window.count.saturating_sub(1);
+        }
     }
 }
 
 /// True for the machine itself, and for addresses on a network one of its
-/// interfaces is on (not loopback, not the cameras'): someone in the
-/// building, not someone whose packets a router forwarded.
-fn on_link(client: IpAddr, networks: &[IpNet], camera_network: Option<IpNet>) -> bool {
+/// interfaces is on: someone in the building, not someone whose packets a
+/// router forwarded. Never link-local addresses: during setup every NIC
+/// may have one, the camera NIC too, and no browser uses them.
+fn on_link(client: IpAddr, networks: &[IpNet]) -> bool {
     if client.is_loopback() {
         return true;
     }
-    if camera_network.is_some_and(|cameras| cameras.contains(&client)) {
-        return false;
-    }
-    networks.iter().any(|net| net.contains(&client))
+    let link_local = match client {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    !link_local && networks.iter().any(|net| net.contains(&client))
 }
 
 /// The networks of this machine's non-loopback interfaces.
@@ -195,15 +221,12 @@ pub(super) async fn claim(
     let client = client.ip().to_canonical();
     let claims = Arc::clone(&state.claims);
     if !state.status.borrow().setup {
-        return api_error(
-            StatusCode::GONE,
-            "camgate is set up already: sign in as an admin user",
-        );
+        return set_up_already();
     }
     let networks = tokio::task::spawn_blocking(local_networks)
         .await
         .unwrap_or_default();
-    if !on_link(client, &networks, claims.camera_network) {
+    if !on_link(client, &networks) {
         tracing::warn!(target: "camgate::audit", event = "claim", outcome = "off-lan", client.addr = %client,
             "setup code offered from outside camgate's networks: refused");
         return api_error(
@@ -214,35 +237,37 @@ pub(super) async fn claim(
             ),
         );
     }
-    let now = Instant::now();
-    if let Err(wait) = lock(&claims.failures).admit(client, now) {
-        return too_many(wait);
-    }
     let request = match body {
         Ok(Json(request)) => request,
         Err(rejection) => return api_error(rejection.status(), rejection.body_text()),
     };
+    if let Err(wait) = lock(&claims.attempts).take(client, Instant::now()) {
+        return too_many(wait);
+    }
     let _one_at_a_time = claims.claiming.lock().await;
     if !state.status.borrow().setup {
-        return api_error(
-            StatusCode::GONE,
-            "camgate is set up already: sign in as an admin user",
-        );
+        return set_up_already();
     }
 
     let state_dir = claims.state_dir.clone();
     let code = request.code.clone();
-    let check =
-        tokio::task::spawn_blocking(move || setup::check_code(&state_dir, &code, SystemTime::now())).await;
+    let shown_for = lock(&claims.code_shown).elapsed();
+    let check = tokio::task::spawn_blocking(move || {
+        setup::check_code(&state_dir, &code, SystemTime::now(), shown_for)
+    })
+    .await;
     let refusal = match check {
         Ok(Ok(CodeCheck::Valid)) => None,
         Ok(Ok(CodeCheck::Wrong)) => Some(
             "wrong setup code: it is on the screen of camgate's console and in SETUP.TXT on its boot partition",
         ),
-        Ok(Ok(CodeCheck::Expired)) => Some(
-            "that setup code has expired: camgate shows a new one on its console and in SETUP.TXT on its boot \
-             partition",
-        ),
+        Ok(Ok(CodeCheck::Expired)) => {
+            *lock(&claims.code_shown) = Instant::now();
+            Some(
+                "that setup code has expired: camgate shows a new one on its console and in SETUP.TXT on its \
+                 boot partition",
+            )
+        }
         Ok(Err(e)) => {
             tracing::error!("setup code: {e}");
             return api_error(
@@ -259,11 +284,12 @@ pub(super) async fn claim(
         }
     };
     if let Some(message) = refusal {
-        lock(&claims.failures).record(client, now);
         tracing::warn!(target: "camgate::audit", event = "claim", outcome = "wrong-code", client.addr = %client,
             "wrong or expired setup code");
         return api_error(StatusCode::FORBIDDEN, message);
     }
+    // The right code: a bad name or password below costs no attempt.
+    lock(&claims.attempts).refund(client);
 
     if request.password.chars().count() < MIN_PASSWORD_CHARS {
         return api_error(
@@ -273,20 +299,47 @@ pub(super) async fn claim(
             ),
         );
     }
-    let password = request.password;
+    // Its own task: a client that disconnects must not stop it between
+    // writing the config and applying (or withdrawing) it.
+    let user = request.user.clone();
+    let outcome = tokio::spawn(establish(Arc::clone(&claims), request.user, request.password)).await;
+    match outcome {
+        Ok(Ok(generation)) => {
+            tracing::info!(target: "camgate::audit", event = "claim", outcome = "claimed", principal = %user,
+                client.addr = %client, generation, "camgate claimed: setup mode is over");
+            (
+                StatusCode::CREATED,
+                Json(serde_json::json!({ "user": user, "generation": generation })),
+            )
+                .into_response()
+        }
+        Ok(Err(refusal)) => refusal,
+        Err(e) => {
+            tracing::error!("claim: {e}");
+            api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "camgate could not finish the claim",
+            )
+        }
+    }
+}
+
+/// Writes the first config and applies it; takes it back if it cannot
+/// apply, so the file never says "set up" while camgate runs setup mode.
+async fn establish(claims: Arc<Claims>, user: String, password: String) -> Result<u64, Response> {
     let hash =
         match tokio::task::spawn_blocking(move || crate::auth::password::hash(password.as_bytes())).await {
             Ok(Ok(hash)) => hash,
-            Ok(Err(e)) => return api_error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            Ok(Err(e)) => return Err(api_error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
             Err(e) => {
                 tracing::error!("password hashing: {e}");
-                return api_error(
+                return Err(api_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "camgate cannot hash the password",
-                );
+                ));
             }
         };
-    let text = claimed_config(&request.user, &hash);
+    let text = claimed_config(&user, &hash);
     let writer = Arc::clone(&claims);
     let written = text.clone();
     match tokio::task::spawn_blocking(move || writer.store.create(&written)).await {
@@ -299,38 +352,29 @@ pub(super) async fn claim(
             } else {
                 message
             };
-            return api_error(StatusCode::UNPROCESSABLE_ENTITY, what);
+            return Err(api_error(StatusCode::UNPROCESSABLE_ENTITY, what));
         }
         Ok(Err(StoreError::Exists(_))) => {
-            return api_error(
+            return Err(api_error(
                 StatusCode::CONFLICT,
                 "a configuration appeared meanwhile (camgate is being set up another way): reload the page",
-            );
+            ));
         }
         Ok(Err(e)) => {
             tracing::error!("claim: {e}");
-            return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            return Err(api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
         }
         Err(e) => {
             tracing::error!("claim: {e}");
-            return api_error(
+            return Err(api_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "camgate cannot save its configuration",
-            );
+            ));
         }
     }
     match claims.reload.reload().await {
-        Ok(generation) => {
-            tracing::info!(target: "camgate::audit", event = "claim", outcome = "claimed", principal = %request.user,
-                client.addr = %client, generation, "camgate claimed: setup mode is over");
-            (
-                StatusCode::CREATED,
-                Json(serde_json::json!({ "user": request.user, "generation": generation })),
-            )
-                .into_response()
-        }
+        Ok(generation) => Ok(generation),
         Err(why) => {
-            // The file would say "set up" while camgate runs setup mode.
             let store = Arc::clone(&claims);
             let withdrawn = tokio::task::spawn_blocking(move || store.store.withdraw(&text)).await;
             if !matches!(withdrawn, Ok(Ok(()))) {
@@ -338,24 +382,31 @@ pub(super) async fn claim(
                     "claim: cannot remove the configuration camgate could not apply: {withdrawn:?}"
                 );
             }
-            api_error(
+            Err(api_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("camgate could not apply the new configuration and stays in setup mode: {why}"),
-            )
+            ))
         }
     }
 }
 
-fn lock(failures: &Mutex<Failures>) -> std::sync::MutexGuard<'_, Failures> {
-    // Counters only: a panic elsewhere leaves nothing half-done.
-    failures.lock().unwrap_or_else(PoisonError::into_inner)
+fn set_up_already() -> Response {
+    api_error(
+        StatusCode::GONE,
+        "camgate is set up already: sign in as an admin user",
+    )
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Counters and an instant: a panic elsewhere leaves nothing half-done.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn too_many(wait: Duration) -> Response {
     let mut response = api_error(
         StatusCode::TOO_MANY_REQUESTS,
         format!(
-            "too many wrong setup codes: try again in {} s",
+            "too many setup code attempts: try again in {} s",
             wait.as_secs().max(1)
         ),
     );
@@ -376,48 +427,62 @@ mod tests {
     }
 
     #[test]
-    fn only_on_link_clients_that_are_not_cameras() {
-        let networks = [net("192.168.1.20/24"), net("10.77.0.1/24"), net("fd00::5/64")];
-        let cameras = Some(net("10.77.0.0/24"));
+    fn only_on_link_clients_and_never_link_local() {
+        let networks = [
+            net("192.168.1.20/24"),
+            net("169.254.3.4/16"),
+            net("fd00::5/64"),
+            net("fe80::1/64"),
+        ];
         for (client, expected) in [
             ("127.0.0.1", true),
             ("::1", true),
             ("192.168.1.77", true),
             ("fd00::99", true),
-            ("10.77.0.50", false),
+            ("169.254.9.9", false),
+            ("fe80::99", false),
             ("192.168.2.1", false),
             ("203.0.113.9", false),
         ] {
-            assert_eq!(
-                on_link(client.parse().unwrap(), &networks, cameras),
-                expected,
-                "{client}"
-            );
+            assert_eq!(on_link(client.parse().unwrap(), &networks), expected, "{client}");
         }
-        assert!(!on_link(IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)), &[], None));
+        assert!(!on_link(IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)), &[]));
     }
 
     #[test]
-    fn failures_are_limited_per_client_then_overall() {
-        let mut failures = Failures::default();
+    fn attempts_are_limited_per_client_then_overall() {
+        let mut attempts = Attempts::default();
         let start = Instant::now();
         let client: IpAddr = "192.168.1.5".parse().unwrap();
-        for _ in 0..CLIENT_FAILURES {
-            assert!(failures.admit(client, start).is_ok());
-            failures.record(client, start);
+        for _ in 0..CLIENT_ATTEMPTS {
+            attempts.take(client, start).unwrap();
         }
-        let wait = failures.admit(client, start).unwrap_err();
-        assert_eq!(wait, WINDOW);
-        assert!(failures.admit("192.168.1.6".parse().unwrap(), start).is_ok());
-        // The window ends: the client may try again.
-        assert!(failures.admit(client, start + WINDOW).is_ok());
+        assert_eq!(attempts.take(client, start).unwrap_err(), WINDOW);
+        // A right code gives its attempt back.
+        attempts.refund(client);
+        attempts.take(client, start).unwrap();
+        assert!(attempts.take("192.168.1.6".parse().unwrap(), start).is_ok());
+        assert!(attempts.take(client, start + WINDOW).is_ok(), "the window ended");
 
-        let mut failures = Failures::default();
-        for i in 0..TOTAL_FAILURES {
-            let other = IpAddr::V4(Ipv4Addr::new(192, 168, 1, u8::try_from(i).unwrap()));
-            failures.record(other, start);
+        // One IPv6 /64 is one client; the machine itself is not limited.
+        let mut attempts = Attempts::default();
+        for i in 0..CLIENT_ATTEMPTS {
+            attempts
+                .take(format!("2001:db8:1:2::{i}").parse().unwrap(), start)
+                .unwrap();
         }
-        assert!(failures.admit("192.168.1.200".parse().unwrap(), start).is_err());
+        assert!(attempts.take("2001:db8:1:2::ff".parse().unwrap(), start).is_err());
+        assert!(attempts.take("2001:db8:1:3::1".parse().unwrap(), start).is_ok());
+        for _ in 0..2 * TOTAL_ATTEMPTS {
+            attempts.take(IpAddr::V4(Ipv4Addr::LOCALHOST), start).unwrap();
+        }
+
+        let mut attempts = Attempts::default();
+        for i in 0..TOTAL_ATTEMPTS {
+            let other = IpAddr::V4(Ipv4Addr::from_bits(0x0a00_0000 + i));
+            attempts.take(other, start).unwrap();
+        }
+        assert!(attempts.take("192.168.1.200".parse().unwrap(), start).is_err());
     }
 
     #[test]

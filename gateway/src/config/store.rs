@@ -94,7 +94,11 @@ impl ConfigStore {
         write_new_private(&temp, text.as_bytes()).map_err(io("write", &temp))?;
         // link(2) fails if the name exists: created whole, or not at all.
         let linked = fs::hard_link(&temp, &self.path);
-        remove_if_present(&temp).map_err(io("remove", &temp))?;
+        if let Err(e) = remove_if_present(&temp) {
+            // The config is in place (or not) all the same; the next save
+            // replaces a stale temp file.
+            tracing::warn!(path = %temp.display(), "cannot remove: {e}");
+        }
         match linked {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {

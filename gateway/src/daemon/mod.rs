@@ -283,7 +283,7 @@ impl Daemon {
         let (reload_handle, reload_requests) = mpsc::channel(4);
         let claims = admin::claim::Claims::new(
             ConfigStore::new(source.path.clone(), source.overrides),
-            &config,
+            config.daemon.state_dir.clone(),
             ReloadHandle(reload_handle),
         );
         let router = admin::router(AppState {
