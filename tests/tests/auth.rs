@@ -192,8 +192,9 @@ fn browser_sessions_log_in_survive_restart_and_reload_and_end_on_logout_or_revoc
         401
     );
 
-    // The session opens the API path; the DVR sees its own cookie, never camgate's.
-    let both = format!("Cookie: dvrsid=42; {SESSION}={cookie}; {CSRF}={csrf}\r\n");
+    // The session opens the API path; the DVR sees its own cookie, never
+    // camgate's (nor the admin interface's, which browsers send to every port).
+    let both = format!("Cookie: dvrsid=42; {SESSION}={cookie}; {CSRF}={csrf}; camgate-admin=cgs_1\r\n");
     assert_eq!(get(&lab, HOST, "/grab.jpg", "s1", &both).status(), 200);
     assert_eq!(
         get(&lab, HOST, "/", "s2", &both).status(),

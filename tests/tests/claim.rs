@@ -1,8 +1,9 @@
 //! Claiming a fresh camgate with its setup code (`POST /api/setup/claim`):
 //! only from a network camgate is on, attempts limited (also when sent in
 //! parallel), bad input refused with a reason, and then setup mode is over
-//! for good. Real camgate in a namespace, a LAN neighbour and a client
-//! behind a router in another, requests by curl.
+//! for good; the new admin then signs in (session, CSRF, cross-site
+//! refusal, sign-out). Real camgate in a namespace, a LAN neighbour and a
+//! client behind a router in another, requests by curl.
 
 use camgate_tests::camgate::{Camgate, Launch};
 use camgate_tests::http::{get_ok, request};
@@ -22,22 +23,30 @@ struct Answer {
 
 /// POSTs `body` to `url` from `netns`, source address `from`.
 fn claim(netns: &Netns, from: &str, url: &str, body: &str) -> Answer {
-    let output = netns
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "20",
-            "--interface",
-            from,
-            "-D",
-            "-",
-            "-X",
-            "POST",
-        ])
-        .args(["-H", "content-type: application/json", "--data-binary", body, url])
-        .output()
-        .unwrap();
+    send(netns, from, "POST", url, Some(body), &[])
+}
+
+/// A request by curl from source address `from`, with extra headers.
+fn send(netns: &Netns, from: &str, method: &str, url: &str, body: Option<&str>, headers: &[&str]) -> Answer {
+    let mut curl = netns.command("curl");
+    curl.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "--interface",
+        from,
+        "-D",
+        "-",
+        "-X",
+        method,
+    ]);
+    if let Some(body) = body {
+        curl.args(["-H", "content-type: application/json", "--data-binary", body]);
+    }
+    for header in headers {
+        curl.args(["-H", header]);
+    }
+    let output = curl.arg(url).output().unwrap();
     assert!(
         output.status.success(),
         "curl: {}",
@@ -46,11 +55,24 @@ fn claim(netns: &Netns, from: &str, url: &str, body: &str) -> Answer {
     let text = String::from_utf8(output.stdout).unwrap();
     let (headers, body) = text.split_once("\r\n\r\n").unwrap();
     let status = headers.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    let body = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+    };
     Answer {
         status,
         headers: headers.to_owned(),
         body,
+    }
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
     }
 }
 
@@ -204,4 +226,120 @@ fn the_setup_code_claims_camgate_once_and_only_from_its_network() {
     let log = camgate.stderr();
     assert!(log.contains("camgate claimed: setup mode is over"), "{log}");
     assert!(log.contains("wrong or expired setup code"), "{log}");
+
+    admin_session(gw, password);
+}
+
+/// Ann, now admin, signs in from the browser: a session cookie (script-proof,
+/// same-site), a CSRF token for changes, no changes from other sites' pages,
+/// and sign-out ends it.
+fn admin_session(gw: &Netns, password: &str) {
+    const API: &str = "http://127.0.0.1:8080/api";
+    let login = |user: &str, password: &str| {
+        let body = serde_json::json!({ "user": user, "password": password }).to_string();
+        send(gw, "127.0.0.1", "POST", &format!("{API}/login"), Some(&body), &[])
+    };
+    let wrong = login("ann", "not the password");
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    assert!(wrong.header("set-cookie").is_none());
+
+    let signed_in = login("ann", password);
+    assert_eq!(signed_in.status, 200, "{}", signed_in.body);
+    let set_cookie = signed_in.header("set-cookie").unwrap().to_owned();
+    for attribute in ["camgate-admin=cgs_", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let cookie = format!("cookie: {}", set_cookie.split(';').next().unwrap());
+    let csrf = signed_in.body["csrf"].as_str().unwrap().to_owned();
+    let with_token = format!("x-csrf-token: {csrf}");
+
+    let session = send(
+        gw,
+        "127.0.0.1",
+        "GET",
+        &format!("{API}/session"),
+        None,
+        &[cookie.as_str()],
+    );
+    assert_eq!(session.status, 200, "{}", session.body);
+    assert_eq!(session.body["user"], "ann");
+    assert_eq!(session.body["csrf"], csrf.as_str());
+    let bans = send(
+        gw,
+        "127.0.0.1",
+        "GET",
+        &format!("{API}/bans"),
+        None,
+        &[cookie.as_str()],
+    );
+    assert_eq!(bans.status, 200, "{}", bans.body);
+
+    // A change needs the token; a page of another site is refused even with it.
+    let lift = format!("{API}/bans/203.0.113.9");
+    let no_token = send(gw, "127.0.0.1", "DELETE", &lift, None, &[cookie.as_str()]);
+    assert_eq!(no_token.status, 403, "{}", no_token.body);
+    assert!(error(&no_token).contains("X-CSRF-Token"), "{}", no_token.body);
+    let bad_token = send(
+        gw,
+        "127.0.0.1",
+        "DELETE",
+        &lift,
+        None,
+        &[cookie.as_str(), "x-csrf-token: 0000"],
+    );
+    assert_eq!(bad_token.status, 403, "{}", bad_token.body);
+    let evil = "origin: http://evil.example";
+    let cross = send(
+        gw,
+        "127.0.0.1",
+        "DELETE",
+        &lift,
+        None,
+        &[cookie.as_str(), with_token.as_str(), evil],
+    );
+    assert_eq!(cross.status, 403, "{}", cross.body);
+    assert!(error(&cross).contains("another site"), "{}", cross.body);
+    let lifted = send(
+        gw,
+        "127.0.0.1",
+        "DELETE",
+        &lift,
+        None,
+        &[cookie.as_str(), with_token.as_str()],
+    );
+    assert!(
+        ![401, 403].contains(&lifted.status),
+        "{} {}",
+        lifted.status,
+        lifted.body
+    );
+    let cross_login = send(
+        gw,
+        "127.0.0.1",
+        "POST",
+        &format!("{API}/login"),
+        Some(&serde_json::json!({ "user": "ann", "password": password }).to_string()),
+        &[evil],
+    );
+    assert_eq!(cross_login.status, 403, "{}", cross_login.body);
+
+    let out = send(
+        gw,
+        "127.0.0.1",
+        "POST",
+        &format!("{API}/logout"),
+        None,
+        &[cookie.as_str(), with_token.as_str()],
+    );
+    assert_eq!(out.status, 204, "{}", out.body);
+    assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let after = send(
+        gw,
+        "127.0.0.1",
+        "GET",
+        &format!("{API}/session"),
+        None,
+        &[cookie.as_str()],
+    );
+    assert_eq!(after.status, 401, "{}", after.body);
 }

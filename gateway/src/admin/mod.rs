@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{delete, get, post};
@@ -88,6 +88,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions/{id}", delete(revoke_session))
         .route("/api/cameras", get(list_cameras))
         .route("/api/cameras/discover", post(discover_cameras))
+        .route("/api/session", get(credentials::session))
+        .route("/api/logout", post(credentials::logout))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             credentials::require_admin,
@@ -100,6 +102,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/setup/claim",
             post(claim::claim).layer(DefaultBodyLimit::max(claim::MAX_BODY_BYTES)),
+        )
+        .route(
+            "/api/login",
+            post(credentials::login).layer(DefaultBodyLimit::max(claim::MAX_BODY_BYTES)),
         )
         .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
@@ -119,6 +125,12 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
     {
         let message = "camgate's admin interface answers only to its own names and addresses\n";
         return (StatusCode::MISDIRECTED_REQUEST, message).into_response();
+    }
+    if !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && cross_site(request.headers())
+    {
+        let message = "camgate's admin interface refuses changes sent from another site's page";
+        return api_error(StatusCode::FORBIDDEN, message);
     }
     let client = request
         .extensions()
@@ -145,6 +157,28 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
         headers.insert(name, HeaderValue::from_static(value));
     }
     response
+}
+
+/// A browser says a request comes from another site's page: by
+/// `Sec-Fetch-Site`, or an `Origin` that is not this host. Scripts (curl)
+/// send neither.
+fn cross_site(headers: &axum::http::HeaderMap) -> bool {
+    let header_text = |name| {
+        headers
+            .get(name)
+            .map(|value: &HeaderValue| value.to_str().unwrap_or("?"))
+    };
+    if header_text(HeaderName::from_static("sec-fetch-site")).is_some_and(|site| site == "cross-site") {
+        return true;
+    }
+    let Some(origin) = header_text(header::ORIGIN) else {
+        return false;
+    };
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let host = header_text(header::HOST);
+    !matches!((authority, host), (Some(authority), Some(host)) if authority.eq_ignore_ascii_case(host))
 }
 
 /// An IP literal (any port), or one of `names`.
@@ -400,7 +434,59 @@ fn serve(router: &Router, listener: tokio::net::TcpListener, drain: &Drain) -> s
 
 #[cfg(test)]
 mod tests {
-    use super::host_allowed;
+    use super::{cross_site, host_allowed};
+    use axum::http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn changes_from_another_sites_page_are_cross_site() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, HeaderValue::from_static(value));
+            }
+            map
+        };
+        for (pairs, expected) in [
+            (&[("host", "camgate.local:8080")][..], false),
+            (
+                &[
+                    ("host", "camgate.local:8080"),
+                    ("origin", "http://camgate.local:8080"),
+                ][..],
+                false,
+            ),
+            (
+                &[
+                    ("host", "Camgate.local:8080"),
+                    ("origin", "http://camgate.local:8080"),
+                ][..],
+                false,
+            ),
+            (
+                &[("host", "camgate.local:8080"), ("sec-fetch-site", "same-origin")][..],
+                false,
+            ),
+            (
+                &[("host", "camgate.local:8080"), ("origin", "http://evil.example")][..],
+                true,
+            ),
+            (
+                &[
+                    ("host", "camgate.local:8080"),
+                    ("origin", "http://camgate.local:8081"),
+                ][..],
+                true,
+            ),
+            (&[("host", "camgate.local:8080"), ("origin", "null")][..], true),
+            (&[("origin", "http://camgate.local:8080")][..], true),
+            (
+                &[("host", "camgate.local:8080"), ("sec-fetch-site", "cross-site")][..],
+                true,
+            ),
+        ] {
+            assert_eq!(cross_site(&headers(pairs)), expected, "{pairs:?}");
+        }
+    }
 
     #[test]
     fn admin_answers_to_its_names_and_ip_literals_only() {

@@ -22,8 +22,21 @@ use crate::clock::unix_now;
 pub const COOKIE: &str = "__Host-camgate-session";
 /// The login form's double-submit CSRF cookie.
 pub const CSRF_COOKIE: &str = "__Host-camgate-csrf";
-/// Every cookie camgate sets starts with this; none reaches the DVR.
+/// Every cookie the proxy sets starts with this; none reaches the DVR.
 pub const COOKIE_PREFIX: &str = "__Host-camgate-";
+/// The admin interface's session (plain HTTP on the LAN, so no `__Host-`,
+/// which needs Secure). Browsers send it to every port of the host name,
+/// the proxy's too: the proxy strips it like its own.
+pub const ADMIN_COOKIE: &str = "camgate-admin";
+/// The session of the admin interface: the site name no `[[site]]` may take.
+pub const ADMIN_SITE: &str = "admin";
+
+/// The CSRF token for a session cookie: derived from the cookie, so it
+/// needs no storage, and only a page that can read camgate's JSON (same
+/// origin) learns it.
+pub fn csrf_token(cookie: &str) -> String {
+    token::hex(&token::digest(&format!("camgate admin csrf\0{cookie}"))[..16])
+}
 const SECRET_PREFIX: &str = "cgs_";
 
 /// Oldest sessions go first beyond these.

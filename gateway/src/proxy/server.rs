@@ -644,8 +644,10 @@ impl Handler {
         let headers = outgoing.headers_mut();
         *headers = parts.headers;
         headers::strip_hop_by_hop(headers);
-        // The session and CSRF cookies mean nothing to the DVR, on any rule.
+        // The session and CSRF cookies mean nothing to the DVR, on any rule;
+        // nor the admin interface's, which browsers send to every port.
         headers::strip_cookies(headers, session::COOKIE_PREFIX);
+        headers::strip_cookies(headers, session::ADMIN_COOKIE);
         if matches!(
             plan.strip,
             Strip::AllCredentials | Strip::CamgateTokensAndAuthorization
