@@ -237,6 +237,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(source: ConfigSource) -> ExitCode {
+    let reverted = crate::admin::apply::revert_at_start(&crate::config::store::ConfigStore::new(
+        source.path.clone(),
+        source.overrides,
+    ));
     let loaded = match source.load() {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -254,6 +258,9 @@ fn run(source: ConfigSource) -> ExitCode {
         }
     };
     let log = telemetry::init(&loaded.config.daemon.log);
+    if let Some(message) = reverted {
+        tracing::warn!(target: "camgate::audit", event = "config", action = "reverted", "{message}");
+    }
     let listeners = match Listeners::bind(&loaded.config) {
         Ok(listeners) => listeners,
         Err(e) => {

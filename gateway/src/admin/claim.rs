@@ -41,7 +41,7 @@ pub const MIN_PASSWORD_CHARS: usize = 10;
 /// What a claim needs from the daemon.
 #[derive(Debug)]
 pub struct Claims {
-    store: ConfigStore,
+    store: Arc<ConfigStore>,
     state_dir: PathBuf,
     reload: ReloadHandle,
     attempts: Mutex<Attempts>,
@@ -52,7 +52,7 @@ pub struct Claims {
 }
 
 impl Claims {
-    pub fn new(store: ConfigStore, state_dir: PathBuf, reload: ReloadHandle) -> Self {
+    pub fn new(store: Arc<ConfigStore>, state_dir: PathBuf, reload: ReloadHandle) -> Self {
         Self {
             store,
             state_dir,

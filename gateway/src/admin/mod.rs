@@ -3,6 +3,7 @@
 //! only: until camgate manages the firewall, by where it is bound; the
 //! wizard will add its own check.
 
+pub mod apply;
 pub mod claim;
 mod credentials;
 pub mod metrics;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub cameras: Arc<crate::cameras::CameraReport>,
     /// Setup mode's claim: the setup code makes the first admin.
     pub claims: Arc<claim::Claims>,
+    /// Whole configs from the admin API, confirmed or reverted.
+    pub applier: Arc<apply::Applier>,
 }
 
 /// `localhost`, `camgate.local`, and this machine's host name (plain and
@@ -88,6 +91,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions/{id}", delete(revoke_session))
         .route("/api/cameras", get(list_cameras))
         .route("/api/cameras/discover", post(discover_cameras))
+        .route("/api/config", get(apply::show).post(apply::apply))
+        .route("/api/config/confirm", post(apply::confirm))
         .route("/api/session", get(credentials::session))
         .route("/api/logout", post(credentials::logout))
         .route_layer(middleware::from_fn_with_state(

@@ -171,6 +171,8 @@ pub(super) struct RawDaemon {
 pub(super) struct RawAdmin {
     /// Default `["0.0.0.0:8080"]`; `["127.0.0.1:8080"]` in dev mode.
     pub(super) listen: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Default `"60s"`.
+    pub(super) confirm_within: Option<Spanned<String>>,
 }
 
 /// `[proxy]`

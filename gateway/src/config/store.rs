@@ -126,6 +126,67 @@ impl ConfigStore {
         }
     }
 
+    /// Validates `text` as the config file would be, writing nothing.
+    pub fn check(&self, text: &str) -> Result<Config, StoreError> {
+        Ok(super::parse(text, &self.path, self.overrides)?)
+    }
+
+    /// The config file's text.
+    pub fn read(&self) -> Result<String, StoreError> {
+        Ok(super::read_text(&self.path)?)
+    }
+
+    /// Like [`Self::save`], and keeps the text it replaces to go back to
+    /// (`.camgate.toml.unconfirmed`) until [`Self::confirm`] or
+    /// [`Self::revert`]; a camgate started meanwhile reverts first (a
+    /// power cycle by someone the change locked out). While a change waits,
+    /// the text kept is still the last confirmed one. Blocking.
+    pub fn save_unconfirmed(&self, text: &str) -> Result<Config, StoreError> {
+        let config = super::parse(text, &self.path, self.overrides)?;
+        let _lock = self.lock()?;
+        let pending = self.pending_path();
+        if !pending.exists() {
+            let current = super::read_text(&self.path)?;
+            let temp = self.sibling(".", ".unconfirmed.tmp");
+            write_new_private(&temp, current.as_bytes()).map_err(io("write", &temp))?;
+            fs::rename(&temp, &pending).map_err(io("keep the confirmed version as", &pending))?;
+        }
+        self.replace(text)?;
+        Ok(config)
+    }
+
+    /// The change is good: forget the text kept to go back to. False if no
+    /// change was waiting. Blocking.
+    pub fn confirm(&self) -> Result<bool, StoreError> {
+        let _lock = self.lock()?;
+        let pending = self.pending_path();
+        match fs::remove_file(&pending) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io("remove", &pending)(e)),
+        }
+    }
+
+    /// Puts back the text [`Self::save_unconfirmed`] kept, if a change is
+    /// waiting; returns what is now the config. Blocking.
+    pub fn revert(&self) -> Result<Option<Config>, StoreError> {
+        let _lock = self.lock()?;
+        let pending = self.pending_path();
+        let previous = match fs::read_to_string(&pending) {
+            Ok(text) => text,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("read", &pending)(e)),
+        };
+        let config = super::parse(&previous, &self.path, self.overrides)?;
+        self.replace(&previous)?;
+        fs::remove_file(&pending).map_err(io("remove", &pending))?;
+        Ok(Some(config))
+    }
+
+    fn pending_path(&self) -> PathBuf {
+        self.sibling(".", ".unconfirmed")
+    }
+
     /// Serializes saves within the process (mutex) and across processes
     /// (advisory lock on `.camgate.toml.lock`) until dropped.
     fn lock(&self) -> Result<(MutexGuard<'_, ()>, File), StoreError> {
@@ -240,6 +301,38 @@ mod tests {
                 .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
                 .count(),
             0
+        );
+    }
+
+    #[test]
+    fn unconfirmed_saves_go_back_to_the_last_confirmed_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ConfigStore::new(dir.path().join("camgate.toml"), Overrides::default());
+        store.save(GOOD).unwrap();
+        assert!(store.revert().unwrap().is_none(), "nothing waited");
+
+        store.save_unconfirmed(BETTER).unwrap();
+        let third = format!("{BETTER}# third\n");
+        store.save_unconfirmed(&third).unwrap();
+        assert_eq!(store.read().unwrap(), third);
+        let back = store.revert().unwrap().expect("a change waited");
+        assert_eq!(back.daemon.log, "info");
+        assert_eq!(
+            fs::read_to_string(store.path()).unwrap(),
+            GOOD,
+            "not the last confirmed text"
+        );
+        assert!(store.revert().unwrap().is_none());
+
+        store.save_unconfirmed(BETTER).unwrap();
+        assert!(store.confirm().unwrap());
+        assert!(!store.confirm().unwrap());
+        assert!(store.revert().unwrap().is_none());
+        assert_eq!(fs::read_to_string(store.path()).unwrap(), BETTER);
+        assert!(store.save_unconfirmed("[daemon]\nmode = \"turbo\"\n").is_err());
+        assert!(
+            store.revert().unwrap().is_none(),
+            "an invalid text left a change waiting"
         );
     }
 

@@ -72,6 +72,9 @@ pub struct Daemon {
 pub struct Admin {
     /// Non-empty, no duplicates, no port 0.
     pub listen: Vec<SocketAddr>,
+    /// A change applied from the admin API that could cut the admin off is
+    /// reverted unless confirmed within this.
+    pub confirm_within: Duration,
 }
 
 impl Config {
@@ -220,8 +223,30 @@ fn admin(raw: RawAdmin, mode: Mode) -> Result<Admin, Problem> {
         default,
         "the admin interface, which is how camgate is set up",
     )?;
-    Ok(Admin { listen })
+    let confirm_within = optional_duration(
+        raw.confirm_within.as_ref(),
+        "admin.confirm_within",
+        MAX_CONFIRM_WITHIN,
+        Duration::from_secs(60),
+    )?;
+    if confirm_within < MIN_CONFIRM_WITHIN {
+        let span = raw.confirm_within.as_ref().map_or(0..0, Spanned::span);
+        return Err(Problem::new(
+            span,
+            "admin.confirm_within",
+            "too short to confirm a change from a browser; the minimum is 2s",
+        ));
+    }
+    Ok(Admin {
+        listen,
+        confirm_within,
+    })
 }
+
+/// Bounds of `[admin] confirm_within`: a person must manage to confirm,
+/// and a locked-out one must not wait long for the revert.
+const MIN_CONFIRM_WITHIN: Duration = Duration::from_secs(2);
+const MAX_CONFIRM_WITHIN: Duration = Duration::from_secs(600);
 
 /// A non-empty list of distinct `IP:PORT`s, or `[default]`. `what` says
 /// what listens there, for the empty-list error.

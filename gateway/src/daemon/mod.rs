@@ -281,11 +281,14 @@ impl Daemon {
             crate::firewall::nflog::spawn(cameras.report(), &drain);
         }
         let (reload_handle, reload_requests) = mpsc::channel(4);
+        let reload_handle = ReloadHandle(reload_handle);
+        let store = Arc::new(ConfigStore::new(source.path.clone(), source.overrides));
         let claims = admin::claim::Claims::new(
-            ConfigStore::new(source.path.clone(), source.overrides),
+            Arc::clone(&store),
             config.daemon.state_dir.clone(),
-            ReloadHandle(reload_handle),
+            reload_handle.clone(),
         );
+        let applier = admin::apply::Applier::new(store, reload_handle);
         let router = admin::router(AppState {
             status: status_rx,
             auth: Arc::clone(&auth),
@@ -297,6 +300,7 @@ impl Daemon {
             forwards: forwards.status_source(),
             cameras: cameras.report(),
             claims: Arc::new(claims),
+            applier: Arc::new(applier),
         });
         let admin = AdminServer::start(
             config.admin.listen.iter().copied().zip(listeners.admin).collect(),

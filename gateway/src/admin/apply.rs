@@ -1,0 +1,336 @@
+//! Applying a whole config from the admin API, the way network gear does
+//! "commit confirmed": a change that could cut the admin off (network and
+//! cameras, port forwards, the admin listener, the admin users) is reverted
+//! unless confirmed within `[admin] confirm_within`, also across a restart
+//! or a power cycle (the config store keeps the text to go back to).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+
+use super::{AppState, api_error};
+use crate::config::Config;
+use crate::config::store::{ConfigStore, StoreError};
+use crate::daemon::ReloadHandle;
+
+/// What changed that could lock the admin out, in words for the browser.
+pub fn risky_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let admins = |config: &Config| {
+        let mut admins: Vec<(String, String)> = config
+            .auth
+            .users
+            .iter()
+            .filter(|user| user.role == crate::auth::Role::Admin)
+            .map(|user| (user.name.clone(), user.digest.as_str().to_owned()))
+            .collect();
+        admins.sort();
+        admins
+    };
+    let mut reasons = Vec::new();
+    if old.network != new.network {
+        reasons.push("network and camera interfaces");
+    }
+    if old.forwarding != new.forwarding {
+        reasons.push("port forwards (firewall)");
+    }
+    if old.admin.listen != new.admin.listen {
+        reasons.push("admin interface addresses");
+    }
+    if admins(old) != admins(new) {
+        reasons.push("admin users");
+    }
+    reasons
+}
+
+/// The change waiting for its confirmation.
+#[derive(Debug)]
+struct Pending {
+    reasons: Vec<&'static str>,
+    /// Unix seconds.
+    revert_at: u64,
+    cancel: CancellationToken,
+}
+
+#[derive(Debug)]
+pub struct Applier {
+    store: Arc<ConfigStore>,
+    reload: ReloadHandle,
+    pending: Mutex<Option<Pending>>,
+    /// One apply, confirm or revert at a time.
+    applying: tokio::sync::Mutex<()>,
+}
+
+impl Applier {
+    pub fn new(store: Arc<ConfigStore>, reload: ReloadHandle) -> Self {
+        Self {
+            store,
+            reload,
+            pending: Mutex::default(),
+            applying: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Option<Pending>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn unconfirmed(&self) -> serde_json::Value {
+        self.pending().as_ref().map_or(
+            serde_json::Value::Null,
+            |pending| serde_json::json!({ "reasons": pending.reasons, "revert_at": pending.revert_at }),
+        )
+    }
+
+    /// Waits out the confirmation window, then puts the old config back.
+    async fn revert_unless_confirmed(self: Arc<Self>, within: Duration, cancel: CancellationToken) {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(within) => {}
+        }
+        let _one_at_a_time = self.applying.lock().await;
+        if cancel.is_cancelled() {
+            return; // confirmed while waiting for the lock
+        }
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || store.revert()).await {
+            Ok(Ok(Some(_))) => match self.reload.reload().await {
+                Ok(generation) => tracing::warn!(
+                    target: "camgate::audit", event = "config", action = "reverted", generation,
+                    "the change was not confirmed within {}: back to the previous configuration",
+                    humantime::format_duration(within)
+                ),
+                Err(why) => tracing::error!("reverting an unconfirmed change: {why}"),
+            },
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::error!("reverting an unconfirmed change: {e}"),
+            Err(e) => tracing::error!("reverting an unconfirmed change: {e}"),
+        }
+        *self.pending() = None;
+    }
+}
+
+/// `GET /api/config`: the config file and the change waiting, if any.
+pub(super) async fn show(State(state): State<AppState>) -> Response {
+    let store = Arc::clone(&state.applier.store);
+    match tokio::task::spawn_blocking(move || store.read()).await {
+        Ok(Ok(text)) => Json(serde_json::json!({
+            "config": text,
+            "unconfirmed": state.applier.unconfirmed(),
+        }))
+        .into_response(),
+        _ => api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "camgate cannot read its configuration",
+        ),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ApplyRequest {
+    config: String,
+}
+
+/// `POST /api/config`: validates, saves and applies a whole config.
+pub(super) async fn apply(
+    State(state): State<AppState>,
+    body: Result<Json<ApplyRequest>, JsonRejection>,
+) -> Response {
+    let text = match body {
+        Ok(Json(request)) => request.config,
+        Err(rejection) => return api_error(rejection.status(), rejection.body_text()),
+    };
+    let applier = Arc::clone(&state.applier);
+    // Its own task: a client that disconnects must not stop it between
+    // saving and applying (or putting back) the config.
+    match tokio::spawn(apply_text(applier, text)).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!("apply: {e}");
+            api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "camgate could not finish applying",
+            )
+        }
+    }
+}
+
+async fn apply_text(applier: Arc<Applier>, text: String) -> Response {
+    let _one_at_a_time = applier.applying.lock().await;
+    if applier.pending().is_some() {
+        return api_error(
+            StatusCode::CONFLICT,
+            "the previous change waits for its confirmation: confirm it, or wait for it to be reverted",
+        );
+    }
+    let store = Arc::clone(&applier.store);
+    let checked = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+        let previous = store.read()?;
+        let old = store.check(&previous)?;
+        let new = store.check(&text)?;
+        let reasons = risky_changes(&old, &new);
+        if reasons.is_empty() {
+            store.save(&text)?;
+        } else {
+            store.save_unconfirmed(&text)?;
+        }
+        Ok((previous, new, reasons))
+    })
+    .await;
+    let (previous, new, reasons) = match checked {
+        Ok(Ok(checked)) => checked,
+        Ok(Err(StoreError::Invalid(e))) => {
+            // Line and key in the text sent; the file name means nothing here.
+            let message = e.summary();
+            let file = format!("{}:", applier.store.path().display());
+            let located = message
+                .strip_prefix(&file)
+                .map_or(message.as_str(), str::trim_start);
+            return api_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("not applied: line {located}"),
+            );
+        }
+        Ok(Err(e)) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => {
+            tracing::error!("apply: {e}");
+            return api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "camgate could not save the configuration",
+            );
+        }
+    };
+    let generation = match applier.reload.reload().await {
+        Ok(generation) => generation,
+        Err(why) => {
+            // The daemon kept running the previous config: so must the file.
+            let store = Arc::clone(&applier.store);
+            let unconfirmed = !reasons.is_empty();
+            let restored = tokio::task::spawn_blocking(move || {
+                if unconfirmed {
+                    store.revert().map(|_| ())
+                } else {
+                    store.save(&previous).map(|_| ())
+                }
+            })
+            .await;
+            if !matches!(restored, Ok(Ok(()))) {
+                tracing::error!("apply: cannot put the running configuration back in the file: {restored:?}");
+            }
+            return api_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("not applied; camgate kept the running configuration: {why}"),
+            );
+        }
+    };
+    if reasons.is_empty() {
+        tracing::info!(target: "camgate::audit", event = "config", action = "applied", generation,
+            "configuration applied from the admin API");
+        return Json(serde_json::json!({ "generation": generation, "unconfirmed": null })).into_response();
+    }
+    let within = new.admin.confirm_within;
+    let cancel = CancellationToken::new();
+    let revert_at = crate::clock::unix_now() + within.as_secs();
+    *applier.pending() = Some(Pending {
+        reasons: reasons.clone(),
+        revert_at,
+        cancel: cancel.clone(),
+    });
+    tokio::spawn(Arc::clone(&applier).revert_unless_confirmed(within, cancel));
+    tracing::warn!(target: "camgate::audit", event = "config", action = "applied-unconfirmed", generation,
+        reasons = ?reasons, "configuration applied from the admin API; reverted unless confirmed within {}",
+        humantime::format_duration(within));
+    Json(serde_json::json!({
+        "generation": generation,
+        "unconfirmed": { "reasons": reasons, "revert_at": revert_at, "confirm_within_secs": within.as_secs() },
+    }))
+    .into_response()
+}
+
+/// `POST /api/config/confirm`: keeps the change that waits.
+pub(super) async fn confirm(State(state): State<AppState>) -> Response {
+    let applier = Arc::clone(&state.applier);
+    let _one_at_a_time = applier.applying.lock().await;
+    let Some(pending) = applier.pending().take() else {
+        return api_error(StatusCode::CONFLICT, "no change waits for a confirmation");
+    };
+    pending.cancel.cancel();
+    let store = Arc::clone(&applier.store);
+    match tokio::task::spawn_blocking(move || store.confirm()).await {
+        Ok(Ok(_)) => {
+            tracing::info!(target: "camgate::audit", event = "config", action = "confirmed",
+                "configuration change confirmed");
+            Json(serde_json::json!({ "confirmed": true })).into_response()
+        }
+        other => {
+            tracing::error!("confirm: {other:?}");
+            api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "camgate could not record the confirmation",
+            )
+        }
+    }
+}
+
+/// At start: a change still unconfirmed when camgate stopped is reverted
+/// before the config is loaded. Returns what to log once logging runs.
+pub fn revert_at_start(store: &ConfigStore) -> Option<String> {
+    match store.revert() {
+        Ok(None) => None,
+        Ok(Some(_)) => Some(
+            "the last change was not confirmed before camgate stopped: back to the previous configuration"
+                .to_owned(),
+        ),
+        Err(e) => Some(format!("cannot revert the unconfirmed change: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::risky_changes;
+    use crate::config::{Config, Overrides, parse};
+
+    fn config(extra: &str) -> Config {
+        let text = format!("[daemon]\nmode = \"dev\"\n{extra}");
+        parse(&text, Path::new("t.toml"), Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn what_could_lock_the_admin_out_needs_a_confirmation() {
+        let hash = crate::auth::password::hash(b"a password").unwrap();
+        let user = |name: &str, role: &str| {
+            format!("[[user]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\nrole = \"{role}\"\n")
+        };
+        let base = config(&user("ann", "admin"));
+        let same = config(&user("ann", "admin"));
+        assert!(risky_changes(&base, &same).is_empty());
+        let viewer = config(&format!("{}{}", user("ann", "admin"), user("bob", "viewer")));
+        assert!(
+            risky_changes(&base, &viewer).is_empty(),
+            "a viewer locks no admin out"
+        );
+        let proxy = config(&format!(
+            "[proxy]\nhttps_listen = [\"127.0.0.1:9443\"]\n{}",
+            user("ann", "admin")
+        ));
+        assert!(risky_changes(&base, &proxy).is_empty());
+
+        let listen = config(&format!(
+            "[admin]\nlisten = [\"127.0.0.1:9000\"]\n{}",
+            user("ann", "admin")
+        ));
+        assert_eq!(risky_changes(&base, &listen), ["admin interface addresses"]);
+        let renamed = config(&user("anna", "admin"));
+        assert_eq!(risky_changes(&base, &renamed), ["admin users"]);
+        let demoted = config(&user("ann", "viewer"));
+        assert_eq!(risky_changes(&base, &demoted), ["admin users"]);
+    }
+}
