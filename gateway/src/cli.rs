@@ -258,8 +258,11 @@ fn run(source: ConfigSource) -> ExitCode {
         }
     };
     let log = telemetry::init(&loaded.config.daemon.log);
-    if let Some(message) = reverted {
-        tracing::warn!(target: "camgate::audit", event = "config", action = "reverted", "{message}");
+    match reverted {
+        Ok(false) => {}
+        Ok(true) => tracing::warn!(target: "camgate::audit", event = "config", action = "reverted",
+            "the last change was not confirmed before camgate stopped: back to the previous configuration"),
+        Err(e) => tracing::error!("cannot revert the change left unconfirmed when camgate stopped: {e}"),
     }
     let listeners = match Listeners::bind(&loaded.config) {
         Ok(listeners) => listeners,

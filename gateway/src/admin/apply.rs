@@ -1,6 +1,7 @@
 //! Applying a whole config from the admin API, the way network gear does
 //! "commit confirmed": a change that could cut the admin off (network and
-//! cameras, port forwards, the admin listener, the admin users) is reverted
+//! cameras, port forwards, the admin listener, the admin users, ban
+//! settings), judged against the config that runs, is reverted
 //! unless confirmed within `[admin] confirm_within`, also across a restart
 //! or a power cycle (the config store keeps the text to go back to).
 
@@ -12,12 +13,13 @@ use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{AppState, api_error};
 use crate::config::Config;
 use crate::config::store::{ConfigStore, StoreError};
-use crate::daemon::ReloadHandle;
+use crate::daemon::{AskedReloadFailure, ReloadHandle};
 
 /// What changed that could lock the admin out, in words for the browser.
 pub fn risky_changes(old: &Config, new: &Config) -> Vec<&'static str> {
@@ -45,6 +47,10 @@ pub fn risky_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if admins(old) != admins(new) {
         reasons.push("admin users");
     }
+    // Stricter ban settings can ban the admin's own address.
+    if old.auth.guard != new.auth.guard {
+        reasons.push("sign-in bans");
+    }
     reasons
 }
 
@@ -61,16 +67,20 @@ struct Pending {
 pub struct Applier {
     store: Arc<ConfigStore>,
     reload: ReloadHandle,
+    /// The config that runs: what a change is compared with (the file may
+    /// have been edited by hand and not reloaded).
+    running: watch::Receiver<Arc<Config>>,
     pending: Mutex<Option<Pending>>,
     /// One apply, confirm or revert at a time.
     applying: tokio::sync::Mutex<()>,
 }
 
 impl Applier {
-    pub fn new(store: Arc<ConfigStore>, reload: ReloadHandle) -> Self {
+    pub fn new(store: Arc<ConfigStore>, reload: ReloadHandle, running: watch::Receiver<Arc<Config>>) -> Self {
         Self {
             store,
             reload,
+            running,
             pending: Mutex::default(),
             applying: tokio::sync::Mutex::new(()),
         }
@@ -105,7 +115,10 @@ impl Applier {
                     "the change was not confirmed within {}: back to the previous configuration",
                     humantime::format_duration(within)
                 ),
-                Err(why) => tracing::error!("reverting an unconfirmed change: {why}"),
+                Err(why) => tracing::error!(
+                    "the previous configuration is back in the file, but camgate could not apply it ({why}); \
+                     restart camgate to run it"
+                ),
             },
             Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::error!("reverting an unconfirmed change: {e}"),
@@ -170,11 +183,11 @@ async fn apply_text(applier: Arc<Applier>, text: String) -> Response {
         );
     }
     let store = Arc::clone(&applier.store);
+    let running = Arc::clone(&applier.running.borrow());
     let checked = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-        let previous = store.read()?;
-        let old = store.check(&previous)?;
         let new = store.check(&text)?;
-        let reasons = risky_changes(&old, &new);
+        let previous = store.read()?;
+        let reasons = risky_changes(&running, &new);
         if reasons.is_empty() {
             store.save(&text)?;
         } else {
@@ -223,8 +236,12 @@ async fn apply_text(applier: Arc<Applier>, text: String) -> Response {
             if !matches!(restored, Ok(Ok(()))) {
                 tracing::error!("apply: cannot put the running configuration back in the file: {restored:?}");
             }
+            let status = match why {
+                AskedReloadFailure::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+                AskedReloadFailure::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            };
             return api_error(
-                StatusCode::UNPROCESSABLE_ENTITY,
+                status,
                 format!("not applied; camgate kept the running configuration: {why}"),
             );
         }
@@ -257,13 +274,18 @@ async fn apply_text(applier: Arc<Applier>, text: String) -> Response {
 pub(super) async fn confirm(State(state): State<AppState>) -> Response {
     let applier = Arc::clone(&state.applier);
     let _one_at_a_time = applier.applying.lock().await;
-    let Some(pending) = applier.pending().take() else {
+    if applier.pending().is_none() {
         return api_error(StatusCode::CONFLICT, "no change waits for a confirmation");
-    };
-    pending.cancel.cancel();
+    }
+    // The store first: if it cannot forget the old text, the change still
+    // waits (and a retry can confirm it), rather than being reverted at the
+    // next start although confirmed.
     let store = Arc::clone(&applier.store);
     match tokio::task::spawn_blocking(move || store.confirm()).await {
         Ok(Ok(_)) => {
+            if let Some(pending) = applier.pending().take() {
+                pending.cancel.cancel();
+            }
             tracing::info!(target: "camgate::audit", event = "config", action = "confirmed",
                 "configuration change confirmed");
             Json(serde_json::json!({ "confirmed": true })).into_response()
@@ -272,23 +294,16 @@ pub(super) async fn confirm(State(state): State<AppState>) -> Response {
             tracing::error!("confirm: {other:?}");
             api_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "camgate could not record the confirmation",
+                "camgate could not record the confirmation: try again",
             )
         }
     }
 }
 
 /// At start: a change still unconfirmed when camgate stopped is reverted
-/// before the config is loaded. Returns what to log once logging runs.
-pub fn revert_at_start(store: &ConfigStore) -> Option<String> {
-    match store.revert() {
-        Ok(None) => None,
-        Ok(Some(_)) => Some(
-            "the last change was not confirmed before camgate stopped: back to the previous configuration"
-                .to_owned(),
-        ),
-        Err(e) => Some(format!("cannot revert the unconfirmed change: {e}")),
-    }
+/// before the config is loaded. `Ok(true)` if it was.
+pub fn revert_at_start(store: &ConfigStore) -> Result<bool, StoreError> {
+    store.revert().map(|reverted| reverted.is_some())
 }
 
 #[cfg(test)]

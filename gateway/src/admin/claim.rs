@@ -23,7 +23,7 @@ use ipnet::IpNet;
 
 use super::{AppState, api_error};
 use crate::config::store::{ConfigStore, StoreError};
-use crate::daemon::ReloadHandle;
+use crate::daemon::{AskedReloadFailure, ReloadHandle};
 use crate::setup::{self, CodeCheck};
 
 /// Wrong codes a client (an IPv6 /64 counts as one) may try per window,
@@ -383,10 +383,18 @@ async fn establish(claims: Arc<Claims>, user: String, password: String) -> Resul
                 );
             }
             Err(api_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
+                reload_failure_status(&why),
                 format!("camgate could not apply the new configuration and stays in setup mode: {why}"),
             ))
         }
+    }
+}
+
+/// 503 while camgate stops (try again once it runs), else 500.
+pub(super) fn reload_failure_status(failure: &AskedReloadFailure) -> StatusCode {
+    match failure {
+        AskedReloadFailure::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+        AskedReloadFailure::Refused(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

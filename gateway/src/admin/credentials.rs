@@ -15,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{AppState, api_error};
-use crate::auth::session::{ADMIN_COOKIE, ADMIN_SITE, csrf_token};
+use crate::auth::session::{self, ADMIN_COOKIE, ADMIN_SITE, csrf_token};
 use crate::auth::{self, Attempt, Credentials, Outcome, Presented, Principal};
 use crate::proxy::path::{CanonicalPath, PathPolicy, canonicalize};
 
@@ -48,6 +48,21 @@ fn attempt(credentials: &Credentials, client: IpAddr) -> Attempt<'_> {
     }
 }
 
+/// The admin session cookie: the first that camgate could have issued. A
+/// page on another port of this host name can plant more cookies of this
+/// name (browsers share cookies across ports); a planted value must not
+/// count as a failed sign-in for the admin's address.
+fn admin_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| *name == ADMIN_COOKIE && session::parse_secret(value).is_some())
+        .map(|(_, value)| value)
+}
+
 /// Lets the request through with the admin's [`auth::Principal`] in its
 /// extensions, or answers 401/403/429.
 pub(super) async fn require_admin(
@@ -56,7 +71,7 @@ pub(super) async fn require_admin(
     next: Next,
 ) -> Response {
     let client = client_of(&request);
-    let session = auth::cookie(request.headers(), ADMIN_COOKIE).map(str::to_owned);
+    let session = admin_cookie(request.headers()).map(str::to_owned);
     // Basic first (scripts); otherwise the admin session. Never the proxy's
     // session cookie or a token: those are for sites.
     let presented = match auth::presented(request.headers(), None) {
@@ -70,22 +85,27 @@ pub(super) async fn require_admin(
         }
     };
     let by_session = matches!(presented, Presented::Session(_));
-    if by_session
-        && !is_safe(request.method())
-        && !session
-            .as_deref()
-            .is_some_and(|cookie| csrf_matches(request.headers(), cookie))
-    {
-        return api_error(
-            StatusCode::FORBIDDEN,
-            "missing or wrong X-CSRF-Token: use the token from POST /api/login or GET /api/session",
-        );
-    }
     let credentials = state.auth.credentials();
     match auth::authenticate(&state.auth, &attempt(&credentials, client), presented).await {
         Outcome::Granted(principal) => {
+            if by_session
+                && !is_safe(request.method())
+                && !session
+                    .as_deref()
+                    .is_some_and(|cookie| csrf_matches(request.headers(), cookie))
+            {
+                return api_error(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong X-CSRF-Token: use the token from POST /api/login or GET /api/session",
+                );
+            }
             request.extensions_mut().insert(principal);
             next.run(request).await
+        }
+        // A browser with a (dead) session signs in again on camgate's page:
+        // no Basic prompt, whose remembered credentials would skip CSRF.
+        Outcome::Missing | Outcome::Invalid(_) if by_session => {
+            api_error(StatusCode::UNAUTHORIZED, "the session ended: sign in again")
         }
         Outcome::Missing | Outcome::Invalid(_) => sign_in_needed(),
         Outcome::Forbidden(_) => api_error(StatusCode::FORBIDDEN, "this user is not an admin"),
@@ -151,7 +171,7 @@ pub(super) async fn login(
         Ok(Json(request)) => request,
         Err(rejection) => return api_error(rejection.status(), rejection.body_text()),
     };
-    let previous = auth::cookie(&headers, ADMIN_COOKIE);
+    let previous = admin_cookie(&headers);
     let credentials = state.auth.credentials();
     let started = auth::login(
         &state.auth,
@@ -187,14 +207,14 @@ pub(super) async fn session(request: Request) -> Response {
         Some(Principal::User(user)) => user.clone(),
         _ => return sign_in_needed(),
     };
-    let csrf = auth::cookie(request.headers(), ADMIN_COOKIE).map(csrf_token);
+    let csrf = admin_cookie(request.headers()).map(csrf_token);
     Json(serde_json::json!({ "user": user, "csrf": csrf })).into_response()
 }
 
 /// `POST /api/logout`: ends the browser's admin session.
 pub(super) async fn logout(State(state): State<AppState>, request: Request) -> Response {
     let client = client_of(&request);
-    if let Some(cookie) = auth::cookie(request.headers(), ADMIN_COOKIE) {
+    if let Some(cookie) = admin_cookie(request.headers()) {
         auth::logout(&state.auth, cookie, client, ADMIN_SITE).await;
     }
     let mut response = StatusCode::NO_CONTENT.into_response();

@@ -186,12 +186,27 @@ type ReloadReply = oneshot::Sender<Result<u64, String>>;
 #[derive(Debug, Clone)]
 pub struct ReloadHandle(mpsc::Sender<ReloadReply>);
 
+/// Why a [`ReloadHandle::reload`] did not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AskedReloadFailure {
+    #[error("camgate is stopping")]
+    Stopping,
+    /// The reload's one-line error; the previous config keeps running.
+    #[error("{0}")]
+    Refused(String),
+}
+
 impl ReloadHandle {
-    pub async fn reload(&self) -> Result<u64, String> {
+    pub async fn reload(&self) -> Result<u64, AskedReloadFailure> {
         let (reply, answer) = oneshot::channel();
-        const STOPPING: &str = "camgate is stopping";
-        self.0.send(reply).await.map_err(|_| STOPPING.to_owned())?;
-        answer.await.map_err(|_| STOPPING.to_owned())?
+        self.0
+            .send(reply)
+            .await
+            .map_err(|_| AskedReloadFailure::Stopping)?;
+        answer
+            .await
+            .map_err(|_| AskedReloadFailure::Stopping)?
+            .map_err(AskedReloadFailure::Refused)
     }
 }
 
@@ -213,6 +228,8 @@ pub struct Daemon {
     status: watch::Sender<DaemonStatus>,
     metrics: Arc<Metrics>,
     reload_requests: mpsc::Receiver<ReloadReply>,
+    /// The config that runs, for the admin API to compare changes with.
+    running: watch::Sender<Arc<Config>>,
 }
 
 impl Daemon {
@@ -288,7 +305,8 @@ impl Daemon {
             config.daemon.state_dir.clone(),
             reload_handle.clone(),
         );
-        let applier = admin::apply::Applier::new(store, reload_handle);
+        let (running, running_rx) = watch::channel(Arc::new(config.clone()));
+        let applier = admin::apply::Applier::new(store, reload_handle, running_rx);
         let router = admin::router(AppState {
             status: status_rx,
             auth: Arc::clone(&auth),
@@ -344,6 +362,7 @@ impl Daemon {
             status,
             metrics,
             reload_requests,
+            running,
         };
         daemon.publish_status(1);
         if daemon.setup {
@@ -437,6 +456,7 @@ impl Daemon {
         self.forwards.commit(forwards, &self.drain);
         self.cameras.configure(&new, &self.drain);
         self.log.apply(&new.daemon.log);
+        self.running.send_replace(Arc::new(new.clone()));
         self.config = new;
         if self.setup && !loaded.setup {
             setup::remove_code(&self.config.daemon.state_dir);
@@ -546,6 +566,12 @@ pub async fn run(
                 }
             }
         }
+    }
+    // Reloads asked from now on fail at once ("stopping") instead of
+    // waiting out the drain.
+    daemon.reload_requests.close();
+    while let Ok(reply) = daemon.reload_requests.try_recv() {
+        drop(reply); // the asker sees "stopping"
     }
     daemon.stop().await;
     Ok(())
