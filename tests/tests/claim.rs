@@ -235,6 +235,9 @@ fn the_setup_code_claims_camgate_once_and_only_from_its_network() {
 /// and sign-out ends it.
 fn admin_session(gw: &Netns, password: &str) {
     const API: &str = "http://127.0.0.1:8080/api";
+    let local = |method: &str, path: &str, headers: &[&str]| {
+        send(gw, "127.0.0.1", method, &format!("{API}{path}"), None, headers)
+    };
     let login = |user: &str, password: &str| {
         let body = serde_json::json!({ "user": user, "password": password }).to_string();
         send(gw, "127.0.0.1", "POST", &format!("{API}/login"), Some(&body), &[])
@@ -253,58 +256,34 @@ fn admin_session(gw: &Netns, password: &str) {
     let csrf = signed_in.body["csrf"].as_str().unwrap().to_owned();
     let with_token = format!("x-csrf-token: {csrf}");
 
-    let session = send(
-        gw,
-        "127.0.0.1",
-        "GET",
-        &format!("{API}/session"),
-        None,
-        &[cookie.as_str()],
-    );
+    let session = local("GET", "/session", &[cookie.as_str()]);
     assert_eq!(session.status, 200, "{}", session.body);
     assert_eq!(session.body["user"], "ann");
     assert_eq!(session.body["csrf"], csrf.as_str());
-    let bans = send(
-        gw,
-        "127.0.0.1",
-        "GET",
-        &format!("{API}/bans"),
-        None,
-        &[cookie.as_str()],
-    );
+    let bans = local("GET", "/bans", &[cookie.as_str()]);
     assert_eq!(bans.status, 200, "{}", bans.body);
 
     // A change needs the token; a page of another site is refused even with it.
-    let lift = format!("{API}/bans/203.0.113.9");
-    let no_token = send(gw, "127.0.0.1", "DELETE", &lift, None, &[cookie.as_str()]);
+    let no_token = local("DELETE", "/bans/203.0.113.9", &[cookie.as_str()]);
     assert_eq!(no_token.status, 403, "{}", no_token.body);
     assert!(error(&no_token).contains("X-CSRF-Token"), "{}", no_token.body);
-    let bad_token = send(
-        gw,
-        "127.0.0.1",
+    let bad_token = local(
         "DELETE",
-        &lift,
-        None,
+        "/bans/203.0.113.9",
         &[cookie.as_str(), "x-csrf-token: 0000"],
     );
     assert_eq!(bad_token.status, 403, "{}", bad_token.body);
     let evil = "origin: http://evil.example";
-    let cross = send(
-        gw,
-        "127.0.0.1",
+    let cross = local(
         "DELETE",
-        &lift,
-        None,
+        "/bans/203.0.113.9",
         &[cookie.as_str(), with_token.as_str(), evil],
     );
     assert_eq!(cross.status, 403, "{}", cross.body);
     assert!(error(&cross).contains("another site"), "{}", cross.body);
-    let lifted = send(
-        gw,
-        "127.0.0.1",
+    let lifted = local(
         "DELETE",
-        &lift,
-        None,
+        "/bans/203.0.113.9",
         &[cookie.as_str(), with_token.as_str()],
     );
     assert!(
@@ -323,23 +302,9 @@ fn admin_session(gw: &Netns, password: &str) {
     );
     assert_eq!(cross_login.status, 403, "{}", cross_login.body);
 
-    let out = send(
-        gw,
-        "127.0.0.1",
-        "POST",
-        &format!("{API}/logout"),
-        None,
-        &[cookie.as_str(), with_token.as_str()],
-    );
+    let out = local("POST", "/logout", &[cookie.as_str(), with_token.as_str()]);
     assert_eq!(out.status, 204, "{}", out.body);
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
-    let after = send(
-        gw,
-        "127.0.0.1",
-        "GET",
-        &format!("{API}/session"),
-        None,
-        &[cookie.as_str()],
-    );
+    let after = local("GET", "/session", &[cookie.as_str()]);
     assert_eq!(after.status, 401, "{}", after.body);
 }
