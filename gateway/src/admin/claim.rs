@@ -17,11 +17,11 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 
-use super::{AppState, api_error};
+use super::{AppState, api_error, too_many_requests};
 use crate::config::store::{ConfigStore, StoreError};
 use crate::daemon::{AskedReloadFailure, ReloadHandle};
 use crate::setup::{self, CodeCheck};
@@ -411,17 +411,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn too_many(wait: Duration) -> Response {
-    let mut response = api_error(
-        StatusCode::TOO_MANY_REQUESTS,
-        format!(
-            "too many setup code attempts: try again in {} s",
-            wait.as_secs().max(1)
-        ),
+    let message = format!(
+        "too many setup code attempts: try again in {} s",
+        wait.as_secs().max(1)
     );
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
-    response
+    too_many_requests(message, wait)
 }
 
 #[cfg(test)]

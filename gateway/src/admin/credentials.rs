@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{AppState, api_error};
+use super::{AppState, api_error, too_many_requests};
 use crate::auth::session::{self, ADMIN_COOKIE, ADMIN_SITE, csrf_token};
 use crate::auth::{self, Attempt, Credentials, Outcome, Presented, Principal};
 use crate::proxy::path::{CanonicalPath, PathPolicy, canonicalize};
@@ -53,14 +53,7 @@ fn attempt(credentials: &Credentials, client: IpAddr) -> Attempt<'_> {
 /// name (browsers share cookies across ports); a planted value must not
 /// count as a failed sign-in for the admin's address.
 fn admin_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, value)| *name == ADMIN_COOKIE && session::parse_secret(value).is_some())
-        .map(|(_, value)| value)
+    auth::cookies(headers, ADMIN_COOKIE).find(|value| session::parse_secret(value).is_some())
 }
 
 /// Lets the request through with the admin's [`auth::Principal`] in its
@@ -136,11 +129,7 @@ fn sign_in_needed() -> Response {
 }
 
 fn banned(left: std::time::Duration) -> Response {
-    let mut response = api_error(StatusCode::TOO_MANY_REQUESTS, "too many failed sign-ins");
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(left.as_secs().max(1)));
-    response
+    too_many_requests("too many failed sign-ins", left)
 }
 
 /// `Set-Cookie` for the admin session: script-proof, same-site only, for

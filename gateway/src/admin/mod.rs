@@ -347,6 +347,15 @@ fn api_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
+/// 429 with `Retry-After` (whole seconds, at least 1).
+fn too_many_requests(message: impl Into<String>, wait: Duration) -> Response {
+    let mut response = api_error(StatusCode::TOO_MANY_REQUESTS, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+    response
+}
+
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(

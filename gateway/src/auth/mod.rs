@@ -325,12 +325,18 @@ pub fn presented(headers: &HeaderMap, query: Option<&str>) -> Presented {
 /// The first cookie named `name` in the request's `Cookie` header(s)
 /// (HTTP/2 may split them).
 pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    cookies(headers, name).next()
+}
+
+/// Every cookie named `name`, in order (a page on another port of the same
+/// host name can add its own of the same name).
+pub fn cookies<'h>(headers: &'h HeaderMap, name: &str) -> impl Iterator<Item = &'h str> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
-        .find_map(|pair| {
+        .filter_map(move |pair| {
             let (key, value) = pair.trim().split_once('=')?;
             (key == name).then_some(value)
         })
