@@ -76,3 +76,69 @@ pub fn get_ok(netns: &Netns, url: &str) -> Reply {
     assert_eq!(reply.status, 200, "GET {url}: {}", reply.body);
     reply
 }
+
+/// What [`curl`] got: status, raw header block, body as JSON (`Null` if empty).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: String,
+    pub body: serde_json::Value,
+}
+
+/// A request by curl from inside `netns`, from source address `from`, with a
+/// JSON body and extra headers (`Name: value`).
+pub fn curl(
+    netns: &Netns,
+    from: &str,
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    headers: &[&str],
+) -> Answer {
+    let mut curl = netns.command("curl");
+    curl.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "--interface",
+        from,
+        "-D",
+        "-",
+        "-X",
+        method,
+    ]);
+    if let Some(body) = body {
+        curl.args(["-H", "content-type: application/json", "--data-binary", body]);
+    }
+    for header in headers {
+        curl.args(["-H", header]);
+    }
+    let output = curl.arg(url).output().unwrap();
+    assert!(
+        output.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = headers.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+    };
+    Answer {
+        status,
+        headers: headers.to_owned(),
+        body,
+    }
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}

@@ -8,7 +8,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use camgate_tests::camgate::{Camgate, Launch};
-use camgate_tests::lab::hash_password;
+use camgate_tests::http::curl;
+use camgate_tests::lab::{basic, hash_password};
 use camgate_tests::netns::Netns;
 use camgate_tests::process::wait_until;
 
@@ -35,35 +36,17 @@ fn admin(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let mut curl = netns.command("curl");
-    curl.args([
-        "-sS",
-        "--max-time",
-        "30",
-        "-u",
-        &format!("root:{PASSWORD}"),
-        "-X",
+    let body = body.map(serde_json::Value::to_string);
+    let authorization = basic("root", PASSWORD);
+    let answer = curl(
+        netns,
+        "127.0.0.1",
         method,
-    ]);
-    curl.args(["-w", "\n%{http_code}"]);
-    if let Some(body) = body {
-        curl.args([
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            &body.to_string(),
-        ]);
-    }
-    let output = curl.arg(format!("{API}{path}")).output().unwrap();
-    assert!(
-        output.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&output.stderr)
+        &format!("{API}{path}"),
+        body.as_deref(),
+        &[authorization.trim_end()],
     );
-    let text = String::from_utf8(output.stdout).unwrap();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    let body = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    (status.parse().unwrap(), body)
+    (answer.status, answer.body)
 }
 
 fn apply(netns: &Netns, text: &str) -> (u16, serde_json::Value) {

@@ -6,7 +6,7 @@
 //! client behind a router in another, requests by curl.
 
 use camgate_tests::camgate::{Camgate, Launch};
-use camgate_tests::http::{get_ok, request};
+use camgate_tests::http::{Answer, curl, get_ok, request};
 use camgate_tests::netns::{Netns, Topology};
 
 /// camgate's admin address from the LAN; it reaches the admin listener
@@ -15,65 +15,9 @@ use camgate_tests::netns::{Netns, Topology};
 const LAN_URL: &str = "http://192.168.50.1:8080/api/setup/claim";
 const LOCAL_URL: &str = "http://127.0.0.1:8080/api/setup/claim";
 
-struct Answer {
-    status: u16,
-    headers: String,
-    body: serde_json::Value,
-}
-
 /// POSTs `body` to `url` from `netns`, source address `from`.
 fn claim(netns: &Netns, from: &str, url: &str, body: &str) -> Answer {
-    send(netns, from, "POST", url, Some(body), &[])
-}
-
-/// A request by curl from source address `from`, with extra headers.
-fn send(netns: &Netns, from: &str, method: &str, url: &str, body: Option<&str>, headers: &[&str]) -> Answer {
-    let mut curl = netns.command("curl");
-    curl.args([
-        "-sS",
-        "--max-time",
-        "20",
-        "--interface",
-        from,
-        "-D",
-        "-",
-        "-X",
-        method,
-    ]);
-    if let Some(body) = body {
-        curl.args(["-H", "content-type: application/json", "--data-binary", body]);
-    }
-    for header in headers {
-        curl.args(["-H", header]);
-    }
-    let output = curl.arg(url).output().unwrap();
-    assert!(
-        output.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).unwrap();
-    let (headers, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = headers.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if body.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
-    };
-    Answer {
-        status,
-        headers: headers.to_owned(),
-        body,
-    }
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.lines().find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case(name).then(|| value.trim())
-        })
-    }
+    curl(netns, from, "POST", url, Some(body), &[])
 }
 
 fn json(code: &str, user: &str, password: &str) -> String {
@@ -236,11 +180,11 @@ fn the_setup_code_claims_camgate_once_and_only_from_its_network() {
 fn admin_session(gw: &Netns, password: &str) {
     const API: &str = "http://127.0.0.1:8080/api";
     let local = |method: &str, path: &str, headers: &[&str]| {
-        send(gw, "127.0.0.1", method, &format!("{API}{path}"), None, headers)
+        curl(gw, "127.0.0.1", method, &format!("{API}{path}"), None, headers)
     };
     let login = |user: &str, password: &str| {
         let body = serde_json::json!({ "user": user, "password": password }).to_string();
-        send(gw, "127.0.0.1", "POST", &format!("{API}/login"), Some(&body), &[])
+        curl(gw, "127.0.0.1", "POST", &format!("{API}/login"), Some(&body), &[])
     };
     let wrong = login("ann", "not the password");
     assert_eq!(wrong.status, 401, "{}", wrong.body);
@@ -292,7 +236,7 @@ fn admin_session(gw: &Netns, password: &str) {
         lifted.status,
         lifted.body
     );
-    let cross_login = send(
+    let cross_login = curl(
         gw,
         "127.0.0.1",
         "POST",
