@@ -29,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod detect;
 pub mod firewall;
 pub mod forward;
 mod fsutil;
