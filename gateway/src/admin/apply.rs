@@ -34,8 +34,17 @@ pub fn risky_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         admins.sort();
         admins
     };
+    // Naming cameras (fixed leases) cannot cut the admin off.
+    let interfaces = |config: &Config| {
+        config.network.clone().map(|mut network| {
+            if let Some(cameras) = &mut network.cameras {
+                cameras.known.clear();
+            }
+            network
+        })
+    };
     let mut reasons = Vec::new();
-    if old.network != new.network {
+    if interfaces(old) != interfaces(new) {
         reasons.push("network and camera interfaces");
     }
     if old.forwarding != new.forwarding {
@@ -65,7 +74,7 @@ struct Pending {
 
 #[derive(Debug)]
 pub struct Applier {
-    store: Arc<ConfigStore>,
+    pub(super) store: Arc<ConfigStore>,
     reload: ReloadHandle,
     /// The config that runs: what a change is compared with (the file may
     /// have been edited by hand and not reloaded).
@@ -84,6 +93,11 @@ impl Applier {
             pending: Mutex::default(),
             applying: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The config camgate runs now.
+    pub(super) fn running(&self) -> Arc<Config> {
+        Arc::clone(&self.running.borrow())
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Option<Pending>> {
@@ -198,18 +212,7 @@ async fn apply_text(applier: Arc<Applier>, text: String) -> Response {
     .await;
     let (previous, new, reasons) = match checked {
         Ok(Ok(checked)) => checked,
-        Ok(Err(StoreError::Invalid(e))) => {
-            // Line and key in the text sent; the file name means nothing here.
-            let message = e.summary();
-            let file = format!("{}:", applier.store.path().display());
-            let located = message
-                .strip_prefix(&file)
-                .map_or(message.as_str(), str::trim_start);
-            return api_error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("not applied: line {located}"),
-            );
-        }
+        Ok(Err(StoreError::Invalid(e))) => return invalid_config(&applier.store, &e),
         Ok(Err(e)) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => {
             tracing::error!("apply: {e}");
@@ -268,6 +271,20 @@ async fn apply_text(applier: Arc<Applier>, text: String) -> Response {
         "unconfirmed": { "reasons": reasons, "revert_at": revert_at, "confirm_within_secs": within.as_secs() },
     }))
     .into_response()
+}
+
+/// 422 naming the line and key of the text sent (the file's name means
+/// nothing there).
+pub(super) fn invalid_config(store: &ConfigStore, error: &crate::config::error::ConfigError) -> Response {
+    let message = error.summary();
+    let file = format!("{}:", store.path().display());
+    let located = message
+        .strip_prefix(&file)
+        .map_or(message.as_str(), str::trim_start);
+    api_error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("not valid: line {located}"),
+    )
 }
 
 /// `POST /api/config/confirm`: keeps the change that waits.
@@ -347,5 +364,18 @@ mod tests {
         assert_eq!(risky_changes(&base, &renamed), ["admin users"]);
         let demoted = config(&user("ann", "viewer"));
         assert_eq!(risky_changes(&base, &demoted), ["admin users"]);
+
+        let segment =
+            "[network]\nuplink = \"eth0\"\n[cameras]\ninterface = \"eth1\"\naddress = \"10.77.0.1/24\"\n";
+        let cameras = config(&format!("{segment}{}", user("ann", "admin")));
+        assert_eq!(risky_changes(&base, &cameras), ["network and camera interfaces"]);
+        let named = config(&format!(
+            "{segment}[[camera]]\nname = \"porch\"\nmac = \"02:00:00:00:00:01\"\naddress = \"10.77.0.20\"\n{}",
+            user("ann", "admin")
+        ));
+        assert!(
+            risky_changes(&cameras, &named).is_empty(),
+            "naming a camera locks no admin out"
+        );
     }
 }

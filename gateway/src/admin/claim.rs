@@ -2,7 +2,7 @@
 //! partition, log), typed in from the LAN, creates the first admin user.
 //! The config file exists from then on, so setup mode is over for good.
 //!
-//! Only from a network camgate is on itself (not routed, not link-local),
+//! Only from a network camgate is on itself (the admin listener's check, `lan.rs`),
 //! attempts limited per client and overall, and the code expires
 //! ([`crate::setup::CODE_LIFETIME`]). The code's 50 bits are the real lock;
 //! these keep guessing and noise down.
@@ -19,7 +19,6 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ipnet::IpNet;
 
 use super::{AppState, api_error, too_many_requests};
 use crate::config::store::{ConfigStore, StoreError};
@@ -149,43 +148,6 @@ impl Attempts {
     }
 }
 
-/// True for the machine itself, and for addresses on a network one of its
-/// interfaces is on: someone in the building, not someone whose packets a
-/// router forwarded. Never link-local addresses: during setup every NIC
-/// may have one, the camera NIC too, and no browser uses them.
-fn on_link(client: IpAddr, networks: &[IpNet]) -> bool {
-    if client.is_loopback() {
-        return true;
-    }
-    let link_local = match client {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => v6.is_unicast_link_local(),
-    };
-    !link_local && networks.iter().any(|net| net.contains(&client))
-}
-
-/// The networks of this machine's non-loopback interfaces.
-fn local_networks() -> Vec<IpNet> {
-    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
-    };
-    interfaces
-        .filter(|interface| {
-            !interface
-                .flags
-                .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
-        })
-        .filter_map(|interface| {
-            let (address, netmask) = (interface.address?, interface.netmask?);
-            if let (Some(ip), Some(mask)) = (address.as_sockaddr_in(), netmask.as_sockaddr_in()) {
-                return IpNet::with_netmask(IpAddr::V4(ip.ip()), IpAddr::V4(mask.ip())).ok();
-            }
-            let (ip, mask) = (address.as_sockaddr_in6()?, netmask.as_sockaddr_in6()?);
-            IpNet::with_netmask(IpAddr::V6(ip.ip()), IpAddr::V6(mask.ip())).ok()
-        })
-        .collect()
-}
-
 /// The first config: the claiming admin, every other key at its default.
 fn claimed_config(user: &str, password_hash: &str) -> String {
     let quoted = |text: &str| toml::Value::String(text.to_owned()).to_string();
@@ -222,20 +184,6 @@ pub(super) async fn claim(
     let claims = Arc::clone(&state.claims);
     if !state.status.borrow().setup {
         return set_up_already();
-    }
-    let networks = tokio::task::spawn_blocking(local_networks)
-        .await
-        .unwrap_or_default();
-    if !on_link(client, &networks) {
-        tracing::warn!(target: "camgate::audit", event = "claim", outcome = "off-lan", client.addr = %client,
-            "setup code offered from outside camgate's networks: refused");
-        return api_error(
-            StatusCode::FORBIDDEN,
-            format!(
-                "the setup code is accepted only from the network camgate is on; {client} is not on it \
-                 (use a computer plugged into the same router or switch)"
-            ),
-        );
     }
     let request = match body {
         Ok(Json(request)) => request,
@@ -423,33 +371,6 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-
-    fn net(text: &str) -> IpNet {
-        text.parse().unwrap()
-    }
-
-    #[test]
-    fn only_on_link_clients_and_never_link_local() {
-        let networks = [
-            net("192.168.1.20/24"),
-            net("169.254.3.4/16"),
-            net("fd00::5/64"),
-            net("fe80::1/64"),
-        ];
-        for (client, expected) in [
-            ("127.0.0.1", true),
-            ("::1", true),
-            ("192.168.1.77", true),
-            ("fd00::99", true),
-            ("169.254.9.9", false),
-            ("fe80::99", false),
-            ("192.168.2.1", false),
-            ("203.0.113.9", false),
-        ] {
-            assert_eq!(on_link(client.parse().unwrap(), &networks), expected, "{client}");
-        }
-        assert!(!on_link(IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)), &[]));
-    }
 
     #[test]
     fn attempts_are_limited_per_client_then_overall() {

@@ -100,7 +100,7 @@ pub(super) async fn require_admin(
         Outcome::Missing | Outcome::Invalid(_) if by_session => {
             api_error(StatusCode::UNAUTHORIZED, "the session ended: sign in again")
         }
-        Outcome::Missing | Outcome::Invalid(_) => sign_in_needed(),
+        Outcome::Missing | Outcome::Invalid(_) => sign_in_needed(request.headers()),
         Outcome::Forbidden(_) => api_error(StatusCode::FORBIDDEN, "this user is not an admin"),
         Outcome::Banned(left) => banned(left),
     }
@@ -119,12 +119,24 @@ fn csrf_matches(headers: &HeaderMap, cookie: &str) -> bool {
         .is_some_and(|given| auth::token::digest(given) == auth::token::digest(&expected))
 }
 
-fn sign_in_needed() -> Response {
+/// 401; with a Basic challenge for scripts and for a person who opened an
+/// API address in the browser, but not for a page's own requests: the admin
+/// pages show camgate's sign-in form, and a browser's Basic prompt would
+/// stall them. Those send `X-Requested-With` (the convention servers
+/// already honour), because browsers send `Sec-Fetch-Mode` only to HTTPS
+/// and localhost, not to the appliance's LAN address over HTTP.
+fn sign_in_needed(headers: &HeaderMap) -> Response {
     let mut response = api_error(StatusCode::UNAUTHORIZED, "sign in as an admin user");
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"camgate admin\", charset=\"UTF-8\""),
-    );
+    let from_a_page = headers.contains_key("x-requested-with")
+        || headers
+            .get("sec-fetch-mode")
+            .is_some_and(|mode| mode.as_bytes() != b"navigate");
+    if !from_a_page {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"camgate admin\", charset=\"UTF-8\""),
+        );
+    }
     response
 }
 
@@ -194,7 +206,7 @@ pub(super) async fn login(
 pub(super) async fn session(request: Request) -> Response {
     let user = match request.extensions().get::<Principal>() {
         Some(Principal::User(user)) => user.clone(),
-        _ => return sign_in_needed(),
+        _ => return sign_in_needed(request.headers()),
     };
     let csrf = admin_cookie(request.headers()).map(csrf_token);
     Json(serde_json::json!({ "user": user, "csrf": csrf })).into_response()

@@ -12,6 +12,7 @@
 
 pub mod acme;
 pub mod auth;
+pub mod edit;
 pub mod error;
 pub mod forward;
 pub mod network;

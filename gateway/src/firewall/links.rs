@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use nix::errno::Errno;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkInfo, LinkLayerType, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
@@ -95,6 +95,95 @@ pub(super) fn default_route_interfaces() -> Result<Vec<String>, FirewallError> {
         }
         Ok(interfaces)
     })
+}
+
+/// A network interface as the setup wizard shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Nic {
+    pub name: String,
+    /// "ethernet", or the kernel's link kind ("vlan", "veth", "bridge", …).
+    pub kind: String,
+    pub mac: Option<String>,
+    /// The kernel's operational state, lower case ("up", "down", "lowerlayerdown", …).
+    pub state: String,
+    /// A cable (or peer) is connected.
+    pub carrier: bool,
+    pub addresses: Vec<IpNet>,
+    /// The default route leaves through it: the uplink, most likely.
+    pub default_route: bool,
+}
+
+/// Every interface but loopback, by name.
+pub fn interfaces() -> Result<Vec<Nic>, FirewallError> {
+    let defaults = default_route_interfaces()?;
+    let failed = |reason: String| FirewallError::Nft(format!("cannot list the interfaces: {reason}"));
+    session(failed, async |handle| {
+        let links: Vec<LinkMessage> = handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| failed(describe(&e)))?;
+        let addresses: Vec<AddressMessage> = handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| failed(describe(&e)))?;
+        let mut nics: Vec<Nic> = links
+            .iter()
+            .filter(|link| link.header.link_layer_type != LinkLayerType::Loopback)
+            .filter_map(|link| {
+                let name = name_of(link)?;
+                Some(Nic {
+                    kind: link_kind(link),
+                    mac: link
+                        .attributes
+                        .iter()
+                        .find_map(|attribute| match attribute {
+                            LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                            _ => None,
+                        })
+                        .map(|mac| format_mac(&mac)),
+                    state: link
+                        .attributes
+                        .iter()
+                        .find_map(|attribute| match attribute {
+                            LinkAttribute::OperState(state) => Some(state.to_string().to_ascii_lowercase()),
+                            _ => None,
+                        })
+                        .unwrap_or_else(|| "unknown".to_owned()),
+                    carrier: link.attributes.contains(&LinkAttribute::Carrier(1)),
+                    addresses: addresses
+                        .iter()
+                        .filter(|address| address.header.index == link.header.index)
+                        .filter_map(address_net)
+                        .collect(),
+                    default_route: defaults.contains(&name),
+                    name,
+                })
+            })
+            .collect();
+        nics.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nics)
+    })
+}
+
+fn link_kind(link: &LinkMessage) -> String {
+    let kind = link.attributes.iter().find_map(|attribute| match attribute {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
+            LinkInfo::Kind(kind) => Some(kind.to_string()),
+            _ => None,
+        }),
+        _ => None,
+    });
+    match kind {
+        Some(kind) => kind,
+        None if link.header.link_layer_type == LinkLayerType::Ether => "ethernet".to_owned(),
+        None => format!("{:?}", link.header.link_layer_type).to_ascii_lowercase(),
+    }
 }
 
 /// `interface`'s addresses with their prefix lengths.

@@ -35,6 +35,7 @@ use crate::config::forward::{ForwardMode, Masquerade, PortRange, Protocol};
 use crate::config::network::{Cameras, Network};
 use crate::daemon::{SubsystemState, SubsystemStatus};
 pub use ruleset::{CounterNames, Isolation, KernelForward};
+pub use links::{Nic, interfaces};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {

@@ -1,0 +1,335 @@
+//! The setup wizard's API: what the machine has (interfaces, DVR profiles),
+//! and each step as an edit of a draft config that comes back checked by
+//! the config file's own parser, with its diff against the file. Nothing
+//! here writes the file: the draft is applied through `POST /api/config`
+//! (confirm or revert).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::apply::invalid_config;
+use super::claim::MIN_PASSWORD_CHARS;
+use super::{AppState, api_error};
+use crate::config::edit::{self, CameraSegment, Edit, Listed};
+use crate::config::store::StoreError;
+
+/// `GET /api/interfaces`: the NICs, for the network step.
+pub(super) async fn interfaces() -> Response {
+    match tokio::task::spawn_blocking(crate::firewall::interfaces).await {
+        Ok(Ok(nics)) => Json(nics).into_response(),
+        Ok(Err(e)) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => {
+            tracing::error!("interfaces: {e}");
+            api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "camgate cannot list its interfaces",
+            )
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ProfileView {
+    name: &'static str,
+    description: &'static str,
+    upstream_port: u16,
+    /// The ports the router must forward to camgate besides 443 and 80.
+    forwards: Vec<ForwardView>,
+    /// Its split rules, for the wizard's preview table.
+    rules: Vec<crate::proxy::profiles::RuleInWords>,
+}
+
+#[derive(Serialize)]
+struct ForwardView {
+    protocol: &'static str,
+    ports: String,
+    stun: bool,
+}
+
+/// `GET /api/profiles`: the built-in DVR profiles.
+pub(super) async fn profiles() -> Response {
+    let views: Vec<ProfileView> = crate::proxy::profiles::all()
+        .iter()
+        .map(|profile| ProfileView {
+            name: profile.name,
+            description: &profile.description,
+            upstream_port: profile.upstream_port,
+            forwards: profile
+                .forwards
+                .iter()
+                .map(|forward| ForwardView {
+                    protocol: forward.protocol.as_str(),
+                    ports: forward.ports.to_string(),
+                    stun: forward.stun,
+                })
+                .collect(),
+            rules: profile.rules_in_words(),
+        })
+        .collect();
+    Json(views).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EditRequest {
+    /// The draft so far (the file's text at the start).
+    config: String,
+    edit: Step,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SegmentRequest {
+    interface: String,
+    vlan: Option<u16>,
+    address: String,
+}
+
+/// A step's form, as the browser sends it.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case", deny_unknown_fields)]
+enum Step {
+    Network {
+        uplink: String,
+        cameras: Option<SegmentRequest>,
+    },
+    Dvr {
+        upstream: String,
+        profile: String,
+    },
+    RemoteAccess {
+        hostname: String,
+        email: Option<String>,
+        challenge: String,
+        directory: Option<String>,
+        directory_ca: Option<String>,
+    },
+    User {
+        name: String,
+        password: String,
+        role: String,
+    },
+    Token {
+        name: String,
+        scope: Vec<String>,
+        expires: Option<String>,
+    },
+    Camera {
+        name: String,
+        mac: String,
+        address: String,
+        username: Option<String>,
+        password: Option<String>,
+    },
+    Remove {
+        list: Listed,
+        name: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct EditAnswer {
+    /// The new draft, valid as a config file.
+    config: String,
+    /// From the file to the draft.
+    diff: String,
+    /// A new token's secret: shown once, kept nowhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+/// A form field left empty is not set.
+fn given(text: Option<String>) -> Option<String> {
+    text.map(|text| text.trim().to_owned())
+        .filter(|text| !text.is_empty())
+}
+
+/// `POST /api/config/edit`: one step's change to the draft.
+pub(super) async fn edit(
+    State(state): State<AppState>,
+    body: Result<Json<EditRequest>, JsonRejection>,
+) -> Response {
+    let EditRequest { config, edit: step } = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) => return api_error(rejection.status(), rejection.body_text()),
+    };
+    let mut token = None;
+    let edit = match step {
+        Step::Network { uplink, cameras } => Edit::Network {
+            uplink: uplink.trim().to_owned(),
+            cameras: cameras.map(|segment| CameraSegment {
+                interface: segment.interface.trim().to_owned(),
+                vlan: segment.vlan,
+                address: segment.address.trim().to_owned(),
+            }),
+        },
+        Step::Dvr { upstream, profile } => {
+            let upstream = upstream.trim().to_owned();
+            // The DVR's own address may open the cameras' ports.
+            let dvr_host = upstream
+                .parse::<axum::http::Uri>()
+                .ok()
+                .and_then(|uri| uri.host().map(|host| host.trim_matches(['[', ']']).to_owned()))
+                .filter(|host| host.parse::<IpAddr>().is_ok());
+            Edit::Dvr {
+                upstream,
+                profile,
+                dvr_host,
+            }
+        }
+        Step::RemoteAccess {
+            hostname,
+            email,
+            challenge,
+            directory,
+            directory_ca,
+        } => Edit::RemoteAccess {
+            hostname: hostname.trim().to_ascii_lowercase(),
+            email: given(email),
+            challenge,
+            directory: given(directory),
+            directory_ca: given(directory_ca),
+        },
+        Step::User { name, password, role } => {
+            if password.chars().count() < MIN_PASSWORD_CHARS {
+                return api_error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("the password needs at least {MIN_PASSWORD_CHARS} characters"),
+                );
+            }
+            let hashed =
+                tokio::task::spawn_blocking(move || crate::auth::password::hash(password.as_bytes())).await;
+            let Ok(Ok(password_hash)) = hashed else {
+                return api_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "camgate could not hash the password",
+                );
+            };
+            Edit::User {
+                name: name.trim().to_owned(),
+                password_hash,
+                role,
+            }
+        }
+        Step::Token { name, scope, expires } => {
+            let Ok((secret, digest)) = crate::auth::token::generate() else {
+                return api_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "camgate has no randomness for a token",
+                );
+            };
+            token = Some(secret);
+            Edit::Token {
+                name: name.trim().to_owned(),
+                secret_sha256: crate::auth::token::hex(&digest),
+                scope: scope.into_iter().map(|entry| entry.trim().to_owned()).collect(),
+                expires: given(expires),
+            }
+        }
+        Step::Camera {
+            name,
+            mac,
+            address,
+            username,
+            password,
+        } => Edit::Camera {
+            name: name.trim().to_owned(),
+            mac: mac.trim().to_owned(),
+            address: address.trim().to_owned(),
+            login: match (given(username), password.filter(|password| !password.is_empty())) {
+                (Some(user), Some(password)) => Some((user, password)),
+                (None, None) => None,
+                _ => {
+                    return api_error(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "give the camera's user name and password, or neither",
+                    );
+                }
+            },
+        },
+        Step::Remove { list, name } => Edit::Remove { table: list, name },
+    };
+    let draft = match edit::apply(&config, &edit) {
+        Ok(draft) => draft,
+        Err(e) => return api_error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    let store = Arc::clone(&state.applier.store);
+    let checked = tokio::task::spawn_blocking(move || -> Result<(String, String), StoreError> {
+        store.check(&draft)?;
+        let diff = edit::diff(&store.read()?, &draft);
+        Ok((draft, diff))
+    })
+    .await;
+    match checked {
+        Ok(Ok((config, diff))) => Json(EditAnswer { config, diff, token }).into_response(),
+        Ok(Err(StoreError::Invalid(e))) => invalid_config(&state.applier.store, &e),
+        Ok(Err(e)) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => {
+            tracing::error!("wizard edit: {e}");
+            api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "camgate could not check the change",
+            )
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DetectRequest {
+    address: String,
+}
+
+/// `POST /api/dvr/detect`: which DVR answers at an address, by probing its
+/// known ports.
+pub(super) async fn detect_dvr(body: Result<Json<DetectRequest>, JsonRejection>) -> Response {
+    let address = match body {
+        Ok(Json(request)) => request.address,
+        Err(rejection) => return api_error(rejection.status(), rejection.body_text()),
+    };
+    let Ok(address) = address.trim().trim_matches(['[', ']']).parse::<IpAddr>() else {
+        return api_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "give the DVR's IP address, e.g. 192.168.1.20",
+        );
+    };
+    Json(crate::detect::detect(address, DETECT_PROBE_TIMEOUT).await).into_response()
+}
+
+const DETECT_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+const CONNECTION_TEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConnectionTestRequest {
+    upstream: String,
+}
+
+/// `POST /api/dvr/test`: whether the DVR answers at an upstream URL (502
+/// with the reason in words if not).
+pub(super) async fn test_dvr(body: Result<Json<ConnectionTestRequest>, JsonRejection>) -> Response {
+    let upstream = match body {
+        Ok(Json(request)) => request.upstream,
+        Err(rejection) => return api_error(rejection.status(), rejection.body_text()),
+    };
+    let Ok(uri) = upstream.trim().parse::<axum::http::Uri>() else {
+        return api_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "give the DVR's address as a URL, e.g. http://192.168.1.20:8090",
+        );
+    };
+    match crate::detect::test_connection(&uri, CONNECTION_TEST_TIMEOUT).await {
+        Ok(test) => Json(test).into_response(),
+        Err(e @ crate::detect::DetectError::InvalidUpstream { .. }) => {
+            api_error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+        Err(e) => api_error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
