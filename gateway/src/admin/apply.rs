@@ -145,9 +145,19 @@ impl Applier {
 /// `GET /api/config`: the config file and the change waiting, if any.
 pub(super) async fn show(State(state): State<AppState>) -> Response {
     let store = Arc::clone(&state.applier.store);
-    match tokio::task::spawn_blocking(move || store.read()).await {
-        Ok(Ok(text)) => Json(serde_json::json!({
+    let read = tokio::task::spawn_blocking(move || {
+        let text = store.read()?;
+        // A file edited by hand into something invalid still shows.
+        let values = store
+            .check(&text)
+            .ok()
+            .map(|config| super::wizard::form_values(&config));
+        Ok::<_, StoreError>((text, values))
+    });
+    match read.await {
+        Ok(Ok((text, values))) => Json(serde_json::json!({
             "config": text,
+            "values": values,
             "unconfirmed": state.applier.unconfirmed(),
         }))
         .into_response(),

@@ -6,7 +6,9 @@
 pub mod apply;
 pub mod claim;
 mod credentials;
+mod lan;
 pub mod metrics;
+mod wizard;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Json, Response};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{delete, get, post};
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -93,6 +95,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/cameras/discover", post(discover_cameras))
         .route("/api/config", get(apply::show).post(apply::apply))
         .route("/api/config/confirm", post(apply::confirm))
+        .route("/api/config/edit", post(wizard::edit))
+        .route("/api/interfaces", get(wizard::interfaces))
+        .route("/api/profiles", get(wizard::profiles))
+        .route(
+            "/api/dvr/detect",
+            post(wizard::detect_dvr).layer(DefaultBodyLimit::max(claim::MAX_BODY_BYTES)),
+        )
+        .route(
+            "/api/dvr/test",
+            post(wizard::test_dvr).layer(DefaultBodyLimit::max(claim::MAX_BODY_BYTES)),
+        )
         .route("/api/session", get(credentials::session))
         .route("/api/logout", post(credentials::logout))
         .route_layer(middleware::from_fn_with_state(
@@ -101,7 +114,18 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(admin_only)
-        .route("/", get(index))
+        .route(
+            "/",
+            get(|| async { page("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/ui/app.js",
+            get(|| async { page("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/ui/style.css",
+            get(|| async { page("text/css; charset=utf-8", STYLE_CSS) }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/status", get(status))
         .route(
@@ -111,6 +135,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/login",
             post(credentials::login).layer(DefaultBodyLimit::max(claim::MAX_BODY_BYTES)),
+        )
+        .route(
+            "/api/openapi.json",
+            get(|| async { page("application/json", OPENAPI_JSON) }),
         )
         .route("/metrics", get(metrics))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
@@ -131,16 +159,31 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
         let message = "camgate's admin interface answers only to its own names and addresses\n";
         return (StatusCode::MISDIRECTED_REQUEST, message).into_response();
     }
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
+    if let Some(client) = client {
+        let address = client.ip().to_canonical();
+        let running = state.applier.running();
+        if !lan::admits(address, running.network.as_ref()) {
+            tracing::warn!(target: "camgate::audit", event = "admin", outcome = "off-lan", client.addr = %address,
+                path = %request.uri().path(), "admin request from outside camgate's network: refused");
+            return api_error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "the admin interface is only for the network camgate is on; {address} is not on it \
+                     (use a computer plugged into the same router or switch)"
+                ),
+            );
+        }
+    }
     if !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS)
         && cross_site(request.headers())
     {
         let message = "camgate's admin interface refuses changes sent from another site's page";
         return api_error(StatusCode::FORBIDDEN, message);
     }
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0);
     let span = tracing::debug_span!(
         "admin",
         client.addr = client.map(tracing::field::display),
@@ -156,7 +199,8 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
         (header::CACHE_CONTROL, "no-store"),
         (
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; style-src 'self'; frame-ancestors 'none'",
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; \
+             form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
         ),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
@@ -366,27 +410,15 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn index(State(state): State<AppState>) -> Html<String> {
-    let status = state.status.borrow().clone();
-    let what = if status.setup {
-        "This camgate is not set up yet. Its one-time setup code is on its console, in \
-         <code>SETUP.TXT</code> on its boot partition, and in its log (<code>journalctl -u camgate</code>, \
-         or the terminal that runs it). Claim it with <code>POST /api/setup/claim</code> and \
-         <code>{\"code\", \"user\", \"password\"}</code>: that user becomes the admin."
-    } else {
-        "camgate is running."
-    };
-    Html(format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>camgate</title></head><body><main><h1>camgate {version}</h1><p>{what}</p>\
-         <p>Mode: {mode} · configuration generation {generation}</p>\
-         <ul><li><a href=\"/api/status\">Status (JSON)</a></li><li><a href=\"/metrics\">Metrics</a></li></ul>\
-         </main></body></html>",
-        version = crate::VERSION,
-        mode = status.mode.as_str(),
-        generation = status.generation,
-    ))
+/// The admin pages (webui/), embedded: the binary is the whole product.
+const INDEX_HTML: &str = include_str!("../../../webui/index.html");
+const APP_JS: &str = include_str!("../../../webui/app.js");
+const STYLE_CSS: &str = include_str!("../../../webui/style.css");
+/// The admin API's description; `tests/tests/openapi.rs` holds it to the routes.
+const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+fn page(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// The running admin listeners.

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::apply::invalid_config;
 use super::claim::MIN_PASSWORD_CHARS;
 use super::{AppState, api_error};
+use crate::config::Config;
+use crate::config::acme::{ChallengePreference, LETSENCRYPT};
 use crate::config::edit::{self, CameraSegment, Edit, Listed};
 use crate::config::store::StoreError;
 
@@ -134,10 +136,43 @@ enum Step {
     },
 }
 
+/// What a draft sets that the wizard's forms show: they start from it, not
+/// from guesses, on every visit after the first.
+pub(super) fn form_values(config: &Config) -> serde_json::Value {
+    let site = config.sites.first();
+    let acme = config.acme.as_ref();
+    serde_json::json!({
+        "uplink": config.network.as_ref().map(|network| &network.uplink),
+        "cameras": config.network.as_ref().and_then(|network| network.cameras.as_ref()).map(|cameras| serde_json::json!({
+            "interface": cameras.parent,
+            "vlan": cameras.vlan,
+            "address": cameras.address.to_string(),
+        })),
+        "dvr": site.map(|site| serde_json::json!({
+            "upstream": site.upstream.uri.to_string().trim_end_matches('/'),
+            "profile": site.profile.name,
+            "host": site.upstream.uri.host(),
+        })),
+        "remote": site.filter(|site| site.hosts.first().is_some_and(|host| host != edit::PLACEHOLDER_HOST)).map(|site| serde_json::json!({
+            "hostname": site.hosts.first(),
+            "email": acme.and_then(|acme| acme.contact.first()).map(|contact| contact.trim_start_matches("mailto:")),
+            "challenge": acme.map(|acme| match acme.challenge {
+                ChallengePreference::Auto => "auto",
+                ChallengePreference::Http01 => "http-01",
+                ChallengePreference::TlsAlpn01 => "tls-alpn-01",
+            }),
+            "directory": acme.map(|acme| acme.directory.as_str()).filter(|directory| *directory != LETSENCRYPT),
+            "directory_ca": acme.and_then(|acme| acme.directory_ca.as_ref()),
+        })),
+    })
+}
+
 #[derive(Debug, Serialize)]
 struct EditAnswer {
     /// The new draft, valid as a config file.
     config: String,
+    /// What its forms show.
+    values: serde_json::Value,
     /// From the file to the draft.
     diff: String,
     /// A new token's secret: shown once, kept nowhere.
@@ -261,14 +296,19 @@ pub(super) async fn edit(
         Err(e) => return api_error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
     let store = Arc::clone(&state.applier.store);
-    let checked = tokio::task::spawn_blocking(move || -> Result<(String, String), StoreError> {
-        store.check(&draft)?;
+    let checked = tokio::task::spawn_blocking(move || -> Result<EditAnswer, StoreError> {
+        let values = form_values(&store.check(&draft)?);
         let diff = edit::diff(&store.read()?, &draft);
-        Ok((draft, diff))
+        Ok(EditAnswer {
+            config: draft,
+            values,
+            diff,
+            token: None,
+        })
     })
     .await;
     match checked {
-        Ok(Ok((config, diff))) => Json(EditAnswer { config, diff, token }).into_response(),
+        Ok(Ok(answer)) => Json(EditAnswer { token, ..answer }).into_response(),
         Ok(Err(StoreError::Invalid(e))) => invalid_config(&state.applier.store, &e),
         Ok(Err(e)) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => {

@@ -170,8 +170,13 @@ impl ConfigStore {
     /// Puts back the text [`Self::save_unconfirmed`] kept, if a change is
     /// waiting; returns what is now the config. Blocking.
     pub fn revert(&self) -> Result<Option<Config>, StoreError> {
-        let _lock = self.lock()?;
         let pending = self.pending_path();
+        // Nothing waits (the usual case at start): no lock file either,
+        // which would litter a directory that only holds a config to read.
+        if !pending.try_exists().map_err(io("read", &pending))? {
+            return Ok(None);
+        }
+        let _lock = self.lock()?;
         let previous = match fs::read_to_string(&pending) {
             Ok(text) => text,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),

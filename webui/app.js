@@ -1,0 +1,572 @@
+// camgate's admin pages: the claim, the setup wizard and the dashboard.
+// Plain modern JavaScript, no framework and no build step: camgate embeds
+// these files as they are. Everything goes through the admin API, and text
+// from the network (camera names, DVR answers) only ever lands in
+// textContent, never in HTML.
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+let csrf = null;
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(method, path, body) {
+  // X-Requested-With: camgate answers 401 without a Basic challenge, which
+  // would make the browser prompt instead of showing the sign-in form.
+  const headers = { Accept: 'application/json', 'X-Requested-With': 'fetch' };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (csrf && method !== 'GET') headers['X-CSRF-Token'] = csrf;
+  let response;
+  try {
+    response = await fetch(path, {
+      method, headers, credentials: 'same-origin',
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ApiError(0, 'camgate did not answer: is it still reachable at this address?');
+  }
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = { error: text.trim() }; }
+  if (!response.ok) {
+    if (response.status === 401 && path !== '/api/login') showLogin('Your session ended: sign in again.');
+    throw new ApiError(response.status, (data && data.error) || `${response.status} ${response.statusText}`);
+  }
+  return data;
+}
+
+// An element with attributes and children (strings become text nodes).
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key === 'onclick') node.addEventListener('click', value);
+    else if (value !== null && value !== undefined && value !== false) node.setAttribute(key, value === true ? '' : value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+// A table body from rows of cells; `empty` says so when there are none.
+function fill(tbody, rows, empty = 'None') {
+  if (!rows.length) {
+    const columns = tbody.closest('table').querySelectorAll('thead th').length;
+    tbody.replaceChildren(el('tr', {}, el('td', { colspan: columns }, empty)));
+    return;
+  }
+  tbody.replaceChildren(...rows.map((cells) => el('tr', {}, cells.map((cell) => el('td', {}, cell)))));
+}
+
+function notice(text) { $('#notice').textContent = text; }
+
+function formError(form, text) { $('.error', form).textContent = text || ''; }
+
+// Runs a form's action with its button disabled and its error shown.
+async function busy(form, button, action) {
+  formError(form, '');
+  if (button) button.disabled = true;
+  form.setAttribute('aria-busy', 'true');
+  try {
+    return await action();
+  } catch (e) {
+    formError(form, e.message);
+    return undefined;
+  } finally {
+    if (button) button.disabled = false;
+    form.removeAttribute('aria-busy');
+  }
+}
+
+const views = ['claim', 'login', 'wizard', 'dashboard'];
+function show(view) {
+  $('#loading').hidden = true;
+  for (const name of views) $(`#view-${name}`).hidden = name !== view;
+  $('#nav').hidden = view === 'claim' || view === 'login';
+  if (view === 'dashboard') startDashboard(); else stopDashboard();
+}
+
+let afterLogin = null;
+function showLogin(message) {
+  csrf = null;
+  notice(message || '');
+  show('login');
+  $('#login-user').focus();
+}
+
+// --- claim and sign-in ---
+
+$('#claim-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const form = event.target;
+  busy(form, $('button', form), async () => {
+    const user = $('#claim-user').value.trim();
+    const password = $('#claim-password').value;
+    await api('POST', '/api/setup/claim', { code: $('#claim-code').value, user, password });
+    const session = await api('POST', '/api/login', { user, password });
+    csrf = session.csrf;
+    notice(`camgate is yours, ${user}. Now tell it about your network.`);
+    await openWizard();
+  });
+});
+
+$('#login-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const form = event.target;
+  busy(form, $('button', form), async () => {
+    const session = await api('POST', '/api/login', { user: $('#login-user').value.trim(), password: $('#login-password').value });
+    csrf = session.csrf;
+    $('#login-password').value = '';
+    notice('');
+    await route(afterLogin);
+  });
+});
+
+$('#logout').addEventListener('click', async () => {
+  try { await api('POST', '/api/logout'); } catch { /* signed out either way */ }
+  showLogin('Signed out.');
+});
+
+// --- the wizard ---
+
+const steps = ['network', 'dvr', 'remote', 'people', 'cameras', 'review'];
+const wizard = { draft: null, values: {}, diff: '', profiles: [], step: 0, host: null };
+
+function stepForm(name) { return $(`#step-${name}`); }
+
+function renderStepList() {
+  $('#steps').replaceChildren(...steps.map((name, i) => el('li', {
+    'aria-current': i === wizard.step ? 'step' : null,
+  }, el('button', { type: 'button', class: 'link', onclick: () => goStep(i) }, stepForm(name).dataset.title))));
+}
+
+async function goStep(i) {
+  wizard.step = i;
+  steps.forEach((name, j) => { stepForm(name).hidden = j !== i; });
+  renderStepList();
+  const form = stepForm(steps[i]);
+  formError(form, '');
+  await enter[steps[i]]?.(form);
+  $('h2', form).setAttribute('tabindex', '-1');
+  $('h2', form).focus();
+}
+
+for (const name of steps) {
+  const form = stepForm(name);
+  $('.back', form)?.addEventListener('click', () => goStep(steps.indexOf(name) - 1));
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    busy(form, event.submitter, async () => {
+      await leave[name](form);
+      if (name !== 'review') await goStep(steps.indexOf(name) + 1);
+    });
+  });
+}
+
+// One step's change: the draft comes back checked by camgate's config parser.
+async function edit(change) {
+  const answer = await api('POST', '/api/config/edit', { config: wizard.draft, edit: change });
+  wizard.draft = answer.config;
+  wizard.values = answer.values;
+  wizard.diff = answer.diff;
+  return answer;
+}
+
+async function openWizard() {
+  const [config, profiles] = await Promise.all([api('GET', '/api/config'), api('GET', '/api/profiles')]);
+  wizard.draft = config.config;
+  wizard.values = config.values || {};
+  wizard.diff = '';
+  wizard.profiles = profiles;
+  $('#dvr-profile').replaceChildren(...profiles.map((p) => el('option', { value: p.name }, `${p.name}: ${p.description}`)));
+  location.hash = '#wizard';
+  show('wizard');
+  await goStep(0);
+}
+
+const text = (value) => (value === null || value === undefined ? '' : String(value));
+
+const enter = {
+  async network() {
+    const nics = await api('GET', '/api/interfaces');
+    fill($('#nics tbody'), nics.map((nic) => [
+      `${nic.name} (${nic.kind})`,
+      nic.carrier ? 'connected' : 'no cable',
+      text(nic.mac),
+      nic.addresses.join(', ') || '—',
+    ]), 'No network ports found');
+    const options = (selected) => nics.map((nic) => el('option', { value: nic.name, selected: nic.name === selected }, nic.name));
+    // What the configuration says; on the first visit, a guess: the port
+    // of the default route, and an unconfigured one for the cameras.
+    const { uplink: configured, cameras } = wizard.values;
+    const uplink = configured || (nics.find((nic) => nic.default_route) || nics[0] || {}).name;
+    $('#uplink').replaceChildren(...options(uplink));
+    const camera = cameras ? cameras.interface
+      : configured ? '' : (nics.find((nic) => nic.name !== uplink && nic.addresses.length === 0) || {}).name;
+    $('#camera-nic').replaceChildren(el('option', { value: '' }, 'No camera port (isolate nothing)'), ...options(camera));
+    if (cameras) {
+      $('#camera-vlan').value = text(cameras.vlan);
+      $('#camera-address').value = cameras.address;
+    }
+  },
+  dvr() {
+    const { dvr } = wizard.values;
+    if (dvr && !$('#dvr-upstream').value) {
+      $('#dvr-upstream').value = dvr.upstream;
+      $('#dvr-profile').value = dvr.profile;
+      $('#dvr-address').value = text(dvr.host);
+    }
+    renderRules();
+  },
+  remote() {
+    const { remote } = wizard.values;
+    if (remote && !$('#remote-host').value) {
+      $('#remote-host').value = text(remote.hostname);
+      $('#remote-email').value = text(remote.email);
+      $('#remote-challenge').value = remote.challenge || 'auto';
+      $('#remote-directory').value = text(remote.directory);
+      $('#remote-directory-ca').value = text(remote.directory_ca);
+      wizard.host = remote.hostname;
+    }
+    const profile = selectedProfile();
+    const challenge = $('#remote-challenge').value;
+    const items = ['TCP 443 (HTTPS)'];
+    if (challenge !== 'tls-alpn-01') items.push('TCP 80 (certificate checks, and redirects to HTTPS)');
+    for (const forward of (profile && profile.forwards) || []) {
+      items.push(`${forward.protocol.toUpperCase()} ${forward.ports} (${profile.name}${forward.stun ? ', STUN/TURN for live video' : ''})`);
+    }
+    $('#router-forwards').replaceChildren(...items.map((item) => el('li', {}, item)));
+    $('#remote-gateway').textContent = location.hostname;
+  },
+  review() {
+    $('#review-diff').textContent = wizard.diff || 'Nothing to change.';
+    $('#apply').disabled = !wizard.diff;
+    $('#confirm-box').hidden = true;
+  },
+};
+
+const leave = {
+  async network() {
+    const nic = $('#camera-nic').value;
+    const vlan = $('#camera-vlan').value.trim();
+    await edit({
+      step: 'network',
+      uplink: $('#uplink').value,
+      cameras: nic ? { interface: nic, vlan: vlan ? Number(vlan) : null, address: $('#camera-address').value } : null,
+    });
+  },
+  async dvr() {
+    await edit({ step: 'dvr', upstream: $('#dvr-upstream').value, profile: $('#dvr-profile').value });
+  },
+  async remote() {
+    wizard.host = $('#remote-host').value.trim().toLowerCase();
+    await edit({
+      step: 'remote_access',
+      hostname: wizard.host,
+      email: $('#remote-email').value,
+      challenge: $('#remote-challenge').value,
+      directory: $('#remote-directory').value,
+      directory_ca: $('#remote-directory-ca').value,
+    });
+  },
+  async people() {},
+  async cameras() {},
+  async review(form) {
+    const answer = await api('POST', '/api/config', { config: wizard.draft });
+    wizard.diff = '';
+    $('#apply').disabled = true;
+    if (answer.unconfirmed) {
+      awaitConfirmation(form, answer.unconfirmed);
+    } else {
+      notice(`Applied (configuration ${answer.generation}).`);
+      location.hash = '#dashboard';
+    }
+  },
+};
+
+$('#remote-challenge').addEventListener('change', () => enter.remote());
+
+function selectedProfile() {
+  return wizard.profiles.find((p) => p.name === $('#dvr-profile').value);
+}
+
+function renderRules() {
+  const profile = selectedProfile();
+  const rules = (profile && profile.rules) || [];
+  fill($('#dvr-rules tbody'), rules.map((rule) => [rule.name, rule.paths, rule.goes_to ? `${rule.who}; ${rule.goes_to}` : rule.who]));
+  const scope = profile && profile.stream_example;
+  if (scope) $('#token-scope').value = scope;
+}
+
+$('#dvr-profile').addEventListener('change', () => {
+  renderRules();
+  const address = $('#dvr-address').value.trim();
+  const profile = selectedProfile();
+  if (address && profile) $('#dvr-upstream').value = `http://${hostPart(address)}:${profile.upstream_port}`;
+});
+
+function hostPart(address) { return address.includes(':') ? `[${address}]` : address; }
+
+$('#dvr-detect').addEventListener('click', (event) => {
+  const form = stepForm('dvr');
+  busy(form, event.target, async () => {
+    const address = $('#dvr-address').value.trim();
+    $('#dvr-detected').replaceChildren(el('p', {}, el('progress', { 'aria-label': 'Probing' }), ` Looking at ${address}…`));
+    const found = await api('POST', '/api/dvr/detect', { address });
+    if (!found.length) {
+      $('#dvr-detected').replaceChildren(el('p', {}, `Nothing answered on ${address}'s usual DVR ports. Choose the software below and type its address.`));
+      return;
+    }
+    const best = found[0];
+    $('#dvr-detected').replaceChildren(el('p', {}, `Found: ${best.profile} on port ${best.port} (${best.confidence} confidence: ${best.evidence.join('; ')}).`),
+      found.length > 1 ? el('p', { class: 'hint' }, `Also: ${found.slice(1).map((d) => `${d.profile} on ${d.port}`).join(', ')}`) : null);
+    $('#dvr-profile').value = best.profile;
+    $('#dvr-upstream').value = `http://${hostPart(address)}:${best.port}`;
+    renderRules();
+  });
+});
+
+$('#dvr-test').addEventListener('click', (event) => {
+  const form = stepForm('dvr');
+  busy(form, event.target, async () => {
+    $('#dvr-test-result').textContent = 'Connecting…';
+    try {
+      const result = await api('POST', '/api/dvr/test', { upstream: $('#dvr-upstream').value.trim() });
+      $('#dvr-test-result').textContent = `It answers: ${result.summary}${result.server ? ` (server: ${result.server})` : ''}.`;
+    } catch (e) {
+      $('#dvr-test-result').textContent = `No: ${e.message}`;
+    }
+  });
+});
+
+$('#user-add').addEventListener('click', (event) => {
+  const form = stepForm('people');
+  busy(form, event.target, async () => {
+    const name = $('#user-name').value.trim();
+    const role = $('#user-role').value;
+    await edit({ step: 'user', name, password: $('#user-password').value, role });
+    $('#user-password').value = '';
+    $('#people-added').append(el('li', {}, `Person ${name} (${role})`));
+  });
+});
+
+$('#token-add').addEventListener('click', (event) => {
+  const form = stepForm('people');
+  busy(form, event.target, async () => {
+    const name = $('#token-name').value.trim();
+    const scope = $('#token-scope').value.trim();
+    const answer = await edit({ step: 'token', name, scope: [scope], expires: null });
+    const host = wizard.host || 'your-public-name';
+    const url = /[*?[\]]/.test(scope.split('?')[0]) ? null
+      : `https://${host}${scope}${scope.includes('?') ? '&' : '?'}token=${encodeURIComponent(answer.token)}`;
+    $('#token-shown').replaceChildren(
+      el('p', { role: 'alert' }, `Token ${name}: copy it now, camgate shows it only once. It works once you apply.`),
+      el('code', { class: 'secret', id: 'token-secret' }, answer.token),
+      url ? el('p', {}, 'Ready-made address for a smart-home MJPEG camera: ', el('code', { id: 'token-url' }, url)) : null,
+    );
+    $('#people-added').append(el('li', {}, `Token ${name} for ${scope}`));
+  });
+});
+
+async function loadCameras(list) {
+  const cameras = list || await api('GET', '/api/cameras');
+  fill($('#camera-list tbody'), cameras.map((camera) => [
+    text(camera.name), text(camera.mac), text(camera.address), camera.state,
+    camera.mac && camera.address ? el('button', {
+      type: 'button',
+      onclick: () => {
+        $('#camera-name').value = camera.name || '';
+        $('#camera-mac').value = camera.mac;
+        $('#camera-ip').value = camera.address;
+        $('#camera-name').focus();
+      },
+    }, 'Name it') : '',
+  ]), 'No cameras yet: they appear here once camgate runs the camera network (after you apply) and they ask for an address.');
+}
+
+enter.cameras = () => loadCameras();
+$('#cameras-refresh').addEventListener('click', (event) => busy(stepForm('cameras'), event.target, () => loadCameras()));
+$('#cameras-discover').addEventListener('click', (event) => busy(stepForm('cameras'), event.target, async () => {
+  await api('POST', '/api/cameras/discover');
+  await loadCameras();
+}));
+
+$('#camera-add').addEventListener('click', (event) => {
+  const form = stepForm('cameras');
+  busy(form, event.target, async () => {
+    await edit({
+      step: 'camera',
+      name: $('#camera-name').value,
+      mac: $('#camera-mac').value,
+      address: $('#camera-ip').value,
+      username: $('#camera-user').value,
+      password: $('#camera-password').value,
+    });
+    notice(`Camera ${$('#camera-name').value.trim()} saved in the draft.`);
+    $('#camera-password').value = '';
+  });
+});
+
+let confirmTimer = null;
+function awaitConfirmation(form, unconfirmed) {
+  const box = $('#confirm-box');
+  const total = unconfirmed.confirm_within_secs || 60;
+  box.hidden = false;
+  $('#confirm-progress').max = total;
+  const tick = () => {
+    const left = Math.max(0, unconfirmed.revert_at - Math.floor(Date.now() / 1000));
+    $('#confirm-progress').value = left;
+    $('#confirm-text').textContent = `Applied. It changes ${unconfirmed.reasons.join(', ')}: if this page still works, keep it. `
+      + `Otherwise camgate goes back to the previous configuration in ${left} s.`;
+    if (left === 0) {
+      clearInterval(confirmTimer);
+      $('#confirm').disabled = true;
+      $('#confirm-text').textContent = 'Not confirmed in time: camgate is going back to the previous configuration…';
+      waitForRevert();
+    }
+  };
+  $('#confirm').disabled = false;
+  clearInterval(confirmTimer);
+  confirmTimer = setInterval(tick, 1000);
+  tick();
+  $('#confirm').focus();
+}
+
+// Asks camgate (once it answers again) whether the change is gone.
+async function waitForRevert() {
+  for (;;) {
+    await new Promise((resolve) => { setTimeout(resolve, 2000); });
+    try {
+      const config = await api('GET', '/api/config');
+      if (!config.unconfirmed) {
+        wizard.draft = config.config;
+        $('#confirm-text').textContent = 'Not confirmed in time: camgate went back to the previous configuration.';
+        return;
+      }
+    } catch { /* not reachable yet */ }
+  }
+}
+
+$('#confirm').addEventListener('click', (event) => {
+  const form = stepForm('review');
+  busy(form, event.target, async () => {
+    await api('POST', '/api/config/confirm');
+    clearInterval(confirmTimer);
+    $('#confirm-box').hidden = true;
+    notice('Change kept.');
+    location.hash = '#dashboard';
+  });
+});
+
+// --- the dashboard ---
+
+let dashboardTimer = null;
+function startDashboard() {
+  if (dashboardTimer) return;
+  refreshDashboard();
+  dashboardTimer = setInterval(refreshDashboard, 3000);
+}
+function stopDashboard() {
+  clearInterval(dashboardTimer);
+  dashboardTimer = null;
+}
+
+const when = (iso) => (iso ? new Date(iso).toLocaleString() : '—');
+const count = (c) => (c && typeof c === 'object' ? text(c.packets ?? c.datagrams ?? JSON.stringify(c)) : text(c));
+
+async function refreshDashboard() {
+  let status;
+  let cameras;
+  let bans;
+  try {
+    [status, cameras, bans] = await Promise.all([api('GET', '/api/status'), api('GET', '/api/cameras'), api('GET', '/api/bans')]);
+  } catch (e) {
+    notice(e.message);
+    return;
+  }
+  const facts = [
+    ['Version', status.version],
+    ['Configuration', `generation ${status.generation}${status.last_reload && !status.last_reload.ok ? ` (last reload failed: ${status.last_reload.error})` : ''}`],
+    ...status.subsystems.map((s) => [s.name, `${s.state}: ${s.detail}`]),
+  ];
+  $('#status-list').replaceChildren(...facts.flatMap(([term, value]) => [el('dt', {}, term), el('dd', {}, text(value))]));
+  const acme = status.certificates.acme || [];
+  fill($('#cert-list tbody'), acme.map((c) => [c.host,
+    ['pending', 'issuing', 'renewing'].includes(c.state) ? el('span', {}, el('progress', { 'aria-label': 'Working' }), ` ${c.state}`) : c.state,
+    when(c.not_after), when(c.next_renewal)]));
+  $('#cert-errors').replaceChildren(...acme.filter((c) => c.last_error || c.detail).map((c) => el('p', {}, `${c.host}: ${c.last_error || c.detail}`)));
+  fill($('#dash-cameras tbody'), cameras.map((camera) => [
+    text(camera.name || camera.mac), text(camera.address), camera.state,
+    camera.blocked.length ? camera.blocked.slice(0, 5).map((b) => `${b.kind} ${b.protocol} ${b.address}${b.port ? `:${b.port}` : ''} ×${b.count}`).join('; ') : 'none',
+  ]));
+  fill($('#forward-list tbody'), status.forwarding.forwards.map((f) => [f.name, `${f.protocol} ${f.listen}`, f.target, `${count(f.to_target)} / ${count(f.to_client)}`]));
+  $('#ban-list').replaceChildren(...(bans.length ? bans.map((ban) => el('li', {}, `${ban.address} (${ban.remaining_secs} s left) `,
+    el('button', { type: 'button', onclick: async () => { await api('DELETE', `/api/bans/${encodeURIComponent(ban.address)}`); refreshDashboard(); } }, `Unban ${ban.address}`)))
+    : [el('li', {}, 'None')]));
+}
+
+$('#backup').addEventListener('click', async () => {
+  const config = await api('GET', '/api/config');
+  const link = el('a', { href: URL.createObjectURL(new Blob([config.config], { type: 'text/plain' })), download: 'camgate.toml' });
+  document.body.append(link);
+  link.click();
+  link.remove();
+});
+
+$('#restore-file').addEventListener('change', async (event) => {
+  const file = event.target.files[0];
+  if (!file) return;
+  $('#restore-error').textContent = '';
+  try {
+    const answer = await api('POST', '/api/config', { config: await file.text() });
+    if (answer.unconfirmed) {
+      location.hash = '#wizard';
+      await openWizard();
+      await goStep(steps.indexOf('review'));
+      awaitConfirmation(stepForm('review'), answer.unconfirmed);
+    } else {
+      notice(`Backup restored (configuration ${answer.generation}).`);
+    }
+  } catch (e) {
+    $('#restore-error').textContent = `Not restored: ${e.message}`;
+  }
+  event.target.value = '';
+});
+
+// --- where to start ---
+
+async function route(hash) {
+  const target = (hash || location.hash || '#dashboard').slice(1);
+  afterLogin = `#${target}`;
+  try {
+    const session = await api('GET', '/api/session');
+    csrf = session.csrf || csrf;
+  } catch (e) {
+    if (e.status !== 401) notice(e.message);
+    return;
+  }
+  if (target === 'wizard') await openWizard();
+  else show('dashboard');
+}
+
+window.addEventListener('hashchange', () => {
+  if (!$('#view-claim').hidden || !$('#view-login').hidden) return;
+  route(location.hash).catch((e) => notice(e.message));
+});
+
+async function start() {
+  const status = await api('GET', '/api/status');
+  if (status.setup) {
+    show('claim');
+    $('#claim-code').focus();
+    return;
+  }
+  await route(location.hash);
+}
+
+start().catch((e) => { $('#loading').textContent = e.message; });
