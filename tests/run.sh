@@ -16,11 +16,13 @@ fi
 
 # Peer programs and tools the tests run. Missing ones fail the tests, never skip them.
 packages=(iproute2 iputils-ping iputils-arping procps systemd curl openssl motion ffmpeg pebble coturn nftables python3 dnsmasq-base udhcpc chrony
-  chromium chromium-driver python3-selenium fonts-dejavu-core)
+  chromium chromium-driver python3-selenium fonts-dejavu-core nodejs)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
+# npm comes with nodejs from some repositories (NodeSource), as Debian's `npm` package elsewhere.
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}"
   apt-get update -qq
@@ -37,6 +39,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ -z "$policy_rc_d" ] || rm -f /usr/sbin/policy-rc.d
   [ "$installed" = 0 ] || exit "$installed"
 fi
+
+# playwright-core drives Chromium through the setup wizard (tests/tests/wizard.rs), at
+# the version the lockfile pins.
+(cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 # The integration tests run target/debug/camgate: build it first so they
 # never test a stale binary.

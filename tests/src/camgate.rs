@@ -123,6 +123,11 @@ pub struct Launch<'a> {
     /// runs `camgate run --dev` without a config (setup mode).
     pub config: Option<String>,
     pub env: Vec<(&'a str, String)>,
+    /// Without a config: run as the appliance does (`camgate run`, appliance
+    /// mode, default paths), in setup mode. Its `/etc/camgate` and
+    /// `/var/lib/camgate` are the run directory's `etc` and `state`, bound
+    /// over the real ones in a mount namespace of its own.
+    pub appliance_setup: bool,
 }
 
 /// `camgate run` in `dir` (inside `netns` if given), reporting to `notify`;
@@ -141,6 +146,31 @@ fn run_command(netns: Option<&Netns>, dir: &Path, notify: &NotifySocket) -> Comm
     command
 }
 
+/// `camgate run` with the appliance's default paths, which a private mount
+/// namespace points at `dir/etc` and `dir/state` (the mount points are
+/// created on the host if missing, and left empty there).
+fn appliance_command(netns: Option<&Netns>, dir: &Path, notify: &NotifySocket) -> Command {
+    let mut command = match netns {
+        Some(netns) => netns.command("unshare"),
+        None => Command::new("unshare"),
+    };
+    for (inside, outside) in [("/etc/camgate", "etc"), ("/var/lib/camgate", "state")] {
+        std::fs::create_dir_all(inside).expect("a mount point");
+        std::fs::create_dir_all(dir.join(outside)).expect("a run directory");
+    }
+    command
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$1\" /etc/camgate && mount --bind \"$2\" /var/lib/camgate && exec \"$3\" run")
+        .arg("sh")
+        .arg(dir.join("etc"))
+        .arg(dir.join("state"))
+        .arg(binary())
+        .current_dir(dir)
+        .env("NOTIFY_SOCKET", notify.path())
+        .env_remove("RUST_LOG");
+    command
+}
+
 impl Camgate {
     /// camgate's self-signed certificate, for a config with
     /// `state_dir = "state"` (relative to the run directory).
@@ -151,18 +181,27 @@ impl Camgate {
     /// Starts camgate and waits for READY=1; panics with its log if it
     /// exits first or takes too long.
     pub fn start(launch: Launch<'_>) -> Self {
-        let Launch { netns, config, env } = launch;
+        let Launch {
+            netns,
+            config,
+            env,
+            appliance_setup,
+        } = launch;
         let dir = tempfile::Builder::new()
             .prefix("camgate-test-")
             .tempdir()
             .expect("tempdir");
-        let config_path = dir.path().join("camgate.toml");
+        let mut config_path = dir.path().join("camgate.toml");
         let notify = NotifySocket::bind(dir.path().join("notify.sock"));
         let mut command = run_command(netns, dir.path(), &notify);
         match config {
             Some(text) => {
                 std::fs::write(&config_path, text).expect("write config");
                 command.arg("--config").arg(&config_path);
+            }
+            None if appliance_setup => {
+                config_path = dir.path().join("etc/camgate.toml");
+                command = appliance_command(netns, dir.path(), &notify);
             }
             None => {
                 command.arg("--dev");

@@ -84,6 +84,7 @@ impl Lab {
             netns: Some(net.ns("gw")),
             config: Some(config),
             env: Vec::new(),
+            appliance_setup: false,
         });
         let client = TlsClient::trusting(&[&camgate.self_signed_certificate()], &[b"http/1.1"]);
         let lab = Self {

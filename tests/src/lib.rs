@@ -7,12 +7,14 @@
 //! - [`tls`]: a raw TLS client for crafted requests.
 //! - [`dvr`]: the `fake-dvr` upstream and its request log.
 //! - [`lab`]: camgate between WAN and LAN namespaces with fake-dvr behind it.
+//! - [`motion`]: Debian's `motion` as a real DVR.
 //! - [`pebble`]: Debian's Pebble ACME CA and its DNS server in a namespace.
 
 pub mod camgate;
 pub mod dvr;
 pub mod http;
 pub mod lab;
+pub mod motion;
 pub mod netns;
 pub mod nft;
 pub mod pebble;

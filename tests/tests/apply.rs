@@ -71,6 +71,7 @@ fn risky_changes_are_reverted_unless_confirmed() {
         netns: Some(&netns),
         config: Some(base.clone()),
         env: Vec::new(),
+        appliance_setup: false,
     });
     let path = camgate.dir.path().join("camgate.toml");
     let file = || std::fs::read_to_string(&path).unwrap();

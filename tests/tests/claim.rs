@@ -51,6 +51,7 @@ fn the_setup_code_claims_camgate_once_and_only_from_its_network() {
         netns: Some(gw),
         config: None,
         env: Vec::new(),
+        appliance_setup: false,
     });
     let dir = camgate.dir.path();
     let code_path = dir.join("var/lib/setup-code");
@@ -61,7 +62,7 @@ fn the_setup_code_claims_camgate_once_and_only_from_its_network() {
     let routed = claim(lan, "10.9.9.2", LAN_URL, &json(&code, "ann", password));
     assert_eq!(routed.status, 403, "{}", routed.body);
     assert!(
-        error(&routed).contains("accepted only from the network camgate is on; 10.9.9.2"),
+        error(&routed).contains("only for the network camgate is on; 10.9.9.2"),
         "{}",
         routed.body
     );

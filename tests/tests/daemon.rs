@@ -33,6 +33,7 @@ fn start(net: &Topology, config: String) -> Camgate {
         netns: Some(net.ns("gw")),
         config: Some(config),
         env: Vec::new(),
+        appliance_setup: false,
     })
 }
 
@@ -51,6 +52,7 @@ fn ready_status_metrics_and_watchdog_across_a_veth() {
         netns: Some(net.ns("gw")),
         config: Some(config(&["10.77.0.1:8080"], "")),
         env: vec![("WATCHDOG_USEC", "200000".to_owned())],
+        appliance_setup: false,
     });
     let ready = camgate.notify.received().last().unwrap().clone();
     assert!(
@@ -339,6 +341,7 @@ fn setup_mode_without_a_config_prints_the_url_and_code() {
         netns: Some(&netns),
         config: None,
         env: Vec::new(),
+        appliance_setup: false,
     });
     let code_path = camgate.dir.path().join("var/lib/setup-code");
     let code = std::fs::read_to_string(&code_path).unwrap();
@@ -372,7 +375,7 @@ fn setup_mode_without_a_config_prints_the_url_and_code() {
         "the setup code must not be served"
     );
     let page = get_ok(&netns, "http://127.0.0.1:8080/").body;
-    assert!(page.contains("not set up yet"), "{page}");
+    assert!(page.contains("Claim this camgate"), "{page}");
     for path in ["/", "/metrics", "/healthz"] {
         let body = get_ok(&netns, &format!("http://127.0.0.1:8080{path}")).body;
         assert!(!body.contains(code), "{path} serves the setup code");

@@ -235,6 +235,7 @@ fn camgate_as_the_dvrs_router_kernel_then_userspace() {
         netns: Some(gw),
         config: Some(appliance_config(&state, AGENT_SITE)),
         env: Vec::new(),
+        appliance_setup: false,
     });
 
     // Kernel mode: DNAT keeps the client's address (no masquerade: camgate
@@ -402,6 +403,7 @@ fn camgate_as_a_host_on_the_home_lan() {
         netns: Some(gw),
         config: Some(appliance_config(&state, &LAN_FORWARDS.replace("MASQ\n", ""))),
         env: Vec::new(),
+        appliance_setup: false,
     });
 
     // auto: the DVR is on the LAN of camgate's default route, so it would

@@ -250,6 +250,7 @@ fn cameras_reach_nothing_and_only_dvr_hosts_reach_cameras() {
         netns: Some(gw),
         config: Some(config(&dir.path().join("state"), "\"192.168.77.50\"", &site)),
         env: Vec::new(),
+        appliance_setup: false,
     });
 
     // camgate set up its camera NIC: its address, and no IPv6 on it.
@@ -627,6 +628,7 @@ fn cameras_get_leases_and_time_resolve_nothing_and_show_what_they_asked() {
         netns: Some(gw),
         config: Some(format!("{base}{extra}")),
         env: Vec::new(),
+        appliance_setup: false,
     });
 
     // DHCP: the known camera gets its fixed address, another one from the range.
@@ -866,6 +868,7 @@ fn a_wan_nic_admits_only_camgates_listeners() {
             switch_port("lansw"),
         )),
         env: Vec::new(),
+        appliance_setup: false,
     });
     assert!(
         connect(wan, "203.0.113.1:443").is_ok(),
@@ -955,6 +958,7 @@ fn onvif_discovery_finds_cameras_and_reads_their_stream_urls() {
         netns: Some(gw),
         config: Some(format!("{base}{logins}")),
         env: Vec::new(),
+        appliance_setup: false,
     });
     let admin = basic("root", ADMIN_PASSWORD);
     let authorization = admin.trim_start_matches("Authorization: ").trim_end();

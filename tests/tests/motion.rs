@@ -3,69 +3,25 @@
 //! its streams and controls only from the LAN; streams go to motion's
 //! second port (8081) by the profile's rule.
 
-use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use camgate_tests::camgate::{Camgate, Launch};
 use camgate_tests::netns::Topology;
-use camgate_tests::process::{Peer, require_binary, wait_until};
+use camgate_tests::process::wait_until;
 use camgate_tests::tls::{RawResponse, TlsClient, get_request};
 
 const HOST: &str = "motion.test";
 
-fn motion_config(dir: &std::path::Path) -> String {
-    format!(
-        "daemon off\nlog_file {dir}/motion.log\ntarget_dir {dir}/target\nnetcam_url file://{dir}/test.mkv\n\
-         width 320\nheight 240\nframerate 10\npicture_output off\nmovie_output off\n\
-         webcontrol_port 8080\nwebcontrol_localhost off\nwebcontrol_interface 1\nwebcontrol_parms 2\n\
-         webcontrol_auth_method 2\nwebcontrol_authentication admin:secret\n\
-         stream_port 8081\nstream_localhost off\nstream_maxrate 10\n",
-        dir = dir.display()
-    )
-}
-
 #[test]
 fn motion_gui_passes_to_its_login_and_streams_need_the_lan() {
-    let motion = require_binary("motion", "motion");
-    let ffmpeg = require_binary("ffmpeg", "ffmpeg");
     let net = Topology::builder("motion")
         .link(("gw", "203.0.113.1/24"), ("wan", "203.0.113.2/24"))
         .link(("gw", "192.168.50.1/24"), ("lan", "192.168.50.2/24"))
         .build();
     let dir = tempfile::tempdir().unwrap();
-    let movie = Command::new(ffmpeg)
-        .args([
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=10",
-            "-t",
-            "10",
-        ])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10"])
-        .arg(dir.path().join("test.mkv"))
-        .status()
-        .unwrap();
-    assert!(movie.success());
-    std::fs::create_dir_all(dir.path().join("target")).unwrap();
-    let config = dir.path().join("motion.conf");
-    std::fs::write(&config, motion_config(dir.path())).unwrap();
-    let mut command = net.ns("lan").command(motion);
-    command.arg("-n").arg("-c").arg(&config);
-    let _motion = Peer::spawn("motion", command, dir.path());
-    // Motion keeps running without a port it could not bind: check both.
-    wait_until("motion's ports", Duration::from_secs(20), || {
-        net.ns("lan")
-            .run(|| {
-                [8080, 8081]
-                    .iter()
-                    .all(|&port| TcpStream::connect(("192.168.50.2", port)).is_ok())
-            })
-            .then_some(())
-    });
+    let _motion =
+        camgate_tests::motion::start(net.ns("lan"), "192.168.50.2", dir.path(), Some("admin:secret"));
 
     let camgate = Camgate::start(Launch {
         netns: Some(net.ns("gw")),
@@ -77,6 +33,7 @@ fn motion_gui_passes_to_its_login_and_streams_need_the_lan() {
              [[site.rule]]\npath = \"/\"\naction = \"allow\"\n"
         )),
         env: Vec::new(),
+        appliance_setup: false,
     });
     let certificate = camgate.self_signed_certificate();
     let client = TlsClient::trusting(&[&certificate], &[b"http/1.1"]);
