@@ -351,7 +351,7 @@ $('#user-add').addEventListener('click', (event) => {
     const role = $('#user-role').value;
     await edit({ step: 'user', name, password: $('#user-password').value, role });
     $('#user-password').value = '';
-    $('#people-added').append(el('li', {}, `Person ${name} (${role})`));
+    renderPeople();
   });
 });
 
@@ -369,9 +369,36 @@ $('#token-add').addEventListener('click', (event) => {
       el('code', { class: 'secret', id: 'token-secret' }, answer.token),
       url ? el('p', {}, 'Ready-made address for a smart-home MJPEG camera: ', el('code', { id: 'token-url' }, url)) : null,
     );
-    $('#people-added').append(el('li', {}, `Token ${name} for ${scope}`));
+    renderPeople();
   });
 });
+
+// A "Remove" button for one [[user]], [[token]] or [[camera]] of the draft.
+function removeButton(list, name, form, render) {
+  return el('button', {
+    type: 'button',
+    onclick: (event) => busy(form, event.target, async () => {
+      await edit({ step: 'remove', list, name });
+      render();
+    }),
+  }, `Remove ${name}`);
+}
+
+function renderPeople() {
+  const form = stepForm('people');
+  const { users = [], tokens = [] } = wizard.values;
+  $('#people-added').replaceChildren(
+    ...users.map((user) => el('li', {}, `Person ${user.name} (${user.role}) `, removeButton('user', user.name, form, renderPeople))),
+    ...tokens.map((token) => el('li', {}, `Token ${token.name}${token.expires ? `, until ${token.expires}` : ''} `, removeButton('token', token.name, form, renderPeople))),
+  );
+}
+enter.people = renderPeople;
+
+function renderNamedCameras() {
+  const form = stepForm('cameras');
+  $('#cameras-named').replaceChildren(...(wizard.values.cameras_named || []).map((camera) => el('li', {},
+    `${camera.name}: ${camera.mac} at ${camera.address} `, removeButton('camera', camera.name, form, renderNamedCameras))));
+}
 
 async function loadCameras(list) {
   const cameras = list || await api('GET', '/api/cameras');
@@ -389,7 +416,7 @@ async function loadCameras(list) {
   ]), 'No cameras yet: they appear here once camgate runs the camera network (after you apply) and they ask for an address.');
 }
 
-enter.cameras = () => loadCameras();
+enter.cameras = () => { renderNamedCameras(); return loadCameras(); };
 $('#cameras-refresh').addEventListener('click', (event) => busy(stepForm('cameras'), event.target, () => loadCameras()));
 $('#cameras-discover').addEventListener('click', (event) => busy(stepForm('cameras'), event.target, async () => {
   await api('POST', '/api/cameras/discover');
@@ -408,6 +435,7 @@ $('#camera-add').addEventListener('click', (event) => {
       password: $('#camera-password').value,
     });
     notice(`Camera ${$('#camera-name').value.trim()} saved in the draft.`);
+    renderNamedCameras();
     $('#camera-password').value = '';
   });
 });

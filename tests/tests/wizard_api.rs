@@ -250,6 +250,14 @@ fn the_wizard_api_serves_admins_on_the_lan_and_explains_bad_input() {
         "{}",
         dvr_step.body
     );
+    // What the forms show next, read from the draft.
+    let values = &dvr_step.body["values"];
+    assert_eq!(values["dvr"]["profile"], "motion", "{values:#}");
+    assert_eq!(values["dvr"]["host"], DVR, "{values:#}");
+    assert_eq!(
+        values["users"],
+        serde_json::json!([{ "name": "root", "role": "admin" }, { "name": "vic", "role": "viewer" }])
+    );
     // Bad ones: 422 with what to fix, checked by the config file's own parser.
     for (step, message) in [
         (
@@ -281,6 +289,10 @@ fn the_wizard_api_serves_admins_on_the_lan_and_explains_bad_input() {
         (
             serde_json::json!({ "step": "reboot" }),
             "unknown variant `reboot`",
+        ),
+        (
+            serde_json::json!({ "step": "remove", "list": "user", "name": "root" }),
+            "keep at least one administrator",
         ),
     ] {
         let answer = edit(step.clone());

@@ -164,6 +164,21 @@ pub(super) fn form_values(config: &Config) -> serde_json::Value {
             "directory": acme.map(|acme| acme.directory.as_str()).filter(|directory| *directory != LETSENCRYPT),
             "directory_ca": acme.and_then(|acme| acme.directory_ca.as_ref()),
         })),
+        "users": config.auth.users.iter().map(|user| serde_json::json!({
+            "name": user.name,
+            "role": match user.role {
+                crate::auth::Role::Admin => "admin",
+                crate::auth::Role::Viewer => "viewer",
+            },
+        })).collect::<Vec<_>>(),
+        "tokens": config.auth.tokens.iter().map(|token| serde_json::json!({
+            "name": token.name,
+            "site": token.site,
+            "expires": token.expires.map(|at| humantime::format_rfc3339_seconds(at).to_string()),
+        })).collect::<Vec<_>>(),
+        "cameras_named": config.network.iter().flat_map(|network| &network.cameras).flat_map(|cameras| &cameras.known)
+            .map(|camera| serde_json::json!({ "name": camera.name, "mac": camera.mac, "address": camera.address }))
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -296,19 +311,34 @@ pub(super) async fn edit(
         Err(e) => return api_error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     };
     let store = Arc::clone(&state.applier.store);
-    let checked = tokio::task::spawn_blocking(move || -> Result<EditAnswer, StoreError> {
-        let values = form_values(&store.check(&draft)?);
+    let checked = tokio::task::spawn_blocking(move || -> Result<Option<EditAnswer>, StoreError> {
+        let config = store.check(&draft)?;
+        // The wizard is run by an admin: it never leaves the appliance
+        // without one (a config file may, for setups run from the shell).
+        if !config
+            .auth
+            .users
+            .iter()
+            .any(|user| user.role == crate::auth::Role::Admin)
+        {
+            return Ok(None);
+        }
+        let values = form_values(&config);
         let diff = edit::diff(&store.read()?, &draft);
-        Ok(EditAnswer {
+        Ok(Some(EditAnswer {
             config: draft,
             values,
             diff,
             token: None,
-        })
+        }))
     })
     .await;
     match checked {
-        Ok(Ok(answer)) => Json(EditAnswer { token, ..answer }).into_response(),
+        Ok(Ok(Some(answer))) => Json(EditAnswer { token, ..answer }).into_response(),
+        Ok(Ok(None)) => api_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "keep at least one administrator: nobody could manage camgate from here otherwise",
+        ),
         Ok(Err(StoreError::Invalid(e))) => invalid_config(&state.applier.store, &e),
         Ok(Err(e)) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => {
