@@ -400,10 +400,19 @@ function renderNamedCameras() {
     `${camera.name}: ${camera.mac} at ${camera.address} `, removeButton('camera', camera.name, form, renderNamedCameras))));
 }
 
+// What the last ONVIF discovery learnt: the stream URLs, or why not.
+function onvifSummary(device) {
+  if (!device) return '—';
+  const streams = device.profiles.filter((p) => p.stream_uri)
+    .map((p) => `${p.name || p.token}: ${p.stream_uri}${p.width ? ` (${p.width}×${p.height} ${text(p.encoding)})` : ''}`);
+  if (streams.length) return el('ul', {}, streams.map((line) => el('li', {}, line)));
+  return device.error ? `found; ${device.error}` : 'found (give its login to read its video addresses)';
+}
+
 async function loadCameras(list) {
   const cameras = list || await api('GET', '/api/cameras');
   fill($('#camera-list tbody'), cameras.map((camera) => [
-    text(camera.name), text(camera.mac), text(camera.address), camera.state,
+    text(camera.name), text(camera.mac), text(camera.address), camera.state, onvifSummary(camera.onvif),
     camera.mac && camera.address ? el('button', {
       type: 'button',
       onclick: () => {
@@ -507,7 +516,27 @@ function stopDashboard() {
 const when = (iso) => (iso ? new Date(iso).toLocaleString() : '—');
 const count = (c) => (c && typeof c === 'object' ? text(c.packets ?? c.datagrams ?? JSON.stringify(c)) : text(c));
 
+// The DVR's reachability: checked at most every 30 s (it costs the DVR a request).
+let dvrCheckedAt = 0;
+async function checkDvr() {
+  if (Date.now() - dvrCheckedAt < 30000) return;
+  dvrCheckedAt = Date.now();
+  const { values } = await api('GET', '/api/config');
+  const dvr = values && values.dvr;
+  if (!dvr) {
+    $('#dvr-reach').textContent = 'No DVR set up yet: the setup wizard does it.';
+    return;
+  }
+  try {
+    const result = await api('POST', '/api/dvr/test', { upstream: dvr.upstream });
+    $('#dvr-reach').textContent = `${dvr.profile} at ${dvr.upstream}: answers (${result.summary}).`;
+  } catch (e) {
+    $('#dvr-reach').textContent = `${dvr.profile} at ${dvr.upstream}: not reachable: ${e.message}`;
+  }
+}
+
 async function refreshDashboard() {
+  checkDvr().catch((e) => { $('#dvr-reach').textContent = e.message; });
   let status;
   let cameras;
   let bans;
