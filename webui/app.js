@@ -540,8 +540,10 @@ async function refreshDashboard() {
   let status;
   let cameras;
   let bans;
+  let events;
   try {
-    [status, cameras, bans] = await Promise.all([api('GET', '/api/status'), api('GET', '/api/cameras'), api('GET', '/api/bans')]);
+    [status, cameras, bans, events] = await Promise.all([api('GET', '/api/status'), api('GET', '/api/cameras'),
+      api('GET', '/api/bans'), api('GET', '/api/events?limit=20')]);
   } catch (e) {
     notice(e.message);
     return;
@@ -561,6 +563,13 @@ async function refreshDashboard() {
     text(camera.name || camera.mac), text(camera.address), camera.state,
     camera.blocked.length ? camera.blocked.slice(0, 5).map((b) => `${b.kind} ${b.protocol} ${b.address}${b.port ? `:${b.port}` : ''} ×${b.count}`).join('; ') : 'none',
   ]));
+  const rows = events.events.map((e) => {
+    const who = [e.fields.principal, e.fields['client.addr']].filter(Boolean).join(' from ');
+    return el('tr', { class: e.level === 'info' ? null : 'warn' },
+      el('td', {}, new Date(e.unix_time * 1000).toLocaleString()), el('td', {}, e.message), el('td', {}, who || '—'));
+  });
+  if (rows.length) $('#event-list tbody').replaceChildren(...rows);
+  else fill($('#event-list tbody'), []);
   fill($('#forward-list tbody'), status.forwarding.forwards.map((f) => [f.name, `${f.protocol} ${f.listen}`, f.target, `${count(f.to_target)} / ${count(f.to_client)}`]));
   $('#ban-list').replaceChildren(...(bans.length ? bans.map((ban) => el('li', {}, `${ban.address} (${ban.remaining_secs} s left) `,
     el('button', { type: 'button', onclick: async () => { await api('DELETE', `/api/bans/${encodeURIComponent(ban.address)}`); refreshDashboard(); } }, `Unban ${ban.address}`)))

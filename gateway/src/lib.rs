@@ -7,10 +7,12 @@
 //!
 //! - [`config`]: the TOML file → validated [`config::Config`]; the config store.
 //! - [`daemon`]: start, reload (two-phase), drain; systemd notifications.
-//! - [`admin`]: the admin HTTP listener (health, status, metrics).
+//! - [`admin`]: the admin HTTP listener: pages, the wizard's and dashboard's API, status, metrics.
+//! - [`detect`]: which DVR answers at an address; the wizard's connection test.
+//! - [`events`]: the recent security (audit) events the dashboard shows.
 //! - [`auth`]: users, API tokens and the brute-force guard for `auth` rules.
 //! - [`shutdown`]: the one drain mechanism.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logging setup; the recent-events recorder.
 //! - [`setup`]: setup mode's one-time code.
 //! - [`proxy`]: the reverse proxy: canonical paths, rules, profiles, forwarding.
 //! - [`tls`]: server TLS config and the hot-swappable certificate resolver.
@@ -30,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod detect;
+pub mod events;
 pub mod firewall;
 pub mod forward;
 mod fsutil;

@@ -1,17 +1,23 @@
 //! Logging: tracing to stderr. Human format with colours on a terminal;
 //! otherwise one line per event with a `<N>` syslog priority prefix and no
 //! timestamp, which journald turns into the entry's priority and time.
+//!
+//! Security events (target `camgate::audit`) also go to the ring of recent
+//! events the admin dashboard shows ([`recent_events`]), whatever the log
+//! filter: the filter applies to the log output only.
 
 use std::io::IsTerminal;
+use std::sync::{Arc, LazyLock};
 
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+
+use crate::events::{AuditLayer, RecentEvents};
 
 /// Checks log filter directives against the subset camgate accepts:
 /// comma-separated `LEVEL` or `TARGET=LEVEL`, and returns them normalized
@@ -88,6 +94,19 @@ fn build_filter(directives: &str) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
+/// Filled by the subscriber [`init`] installs. A global because that
+/// subscriber is one too (tracing's global default, for the whole process):
+/// the admin API reads the ring without plumbing through the daemon.
+static RECENT_EVENTS: LazyLock<Arc<RecentEvents>> =
+    LazyLock::new(|| Arc::new(RecentEvents::new(crate::events::CAPACITY)));
+
+/// The process-wide ring of recent security events, for the admin API.
+/// Empty (and never filled) when [`init`] was not called, as in unit tests
+/// and embedding tests that own the subscriber.
+pub fn recent_events() -> &'static RecentEvents {
+    &RECENT_EVENTS
+}
+
 /// Installs the global subscriber with `default_directives` (overridden by
 /// a valid `RUST_LOG`). Call once, before anything logs.
 pub fn init(default_directives: &str) -> LogControl {
@@ -100,24 +119,28 @@ pub fn init(default_directives: &str) -> LogControl {
     let (filter, handle) = reload::Layer::new(build_filter(
         env_directives.map_or(default_directives, String::as_str),
     ));
-    let registry = tracing_subscriber::registry().with(filter);
     let stderr = std::io::stderr;
+    let events = Arc::clone(&RECENT_EVENTS);
     if std::io::stderr().is_terminal() {
-        registry
-            .with(tracing_subscriber::fmt::layer().with_writer(stderr))
-            .init();
+        subscriber(
+            tracing_subscriber::fmt::layer().with_writer(stderr),
+            filter,
+            events,
+        )
+        .init();
     } else {
         let format = tracing_subscriber::fmt::format().without_time().with_ansi(false);
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(stderr)
-                    // Span fields are formatted by the layer, not the event
-                    // format: without this they carry ANSI colour codes.
-                    .with_ansi(false)
-                    .event_format(SyslogPrefix(format)),
-            )
-            .init();
+        subscriber(
+            tracing_subscriber::fmt::layer()
+                .with_writer(stderr)
+                // Span fields are formatted by the layer, not the event
+                // format: without this they carry ANSI colour codes.
+                .with_ansi(false)
+                .event_format(SyslogPrefix(format)),
+            filter,
+            events,
+        )
+        .init();
     }
     if let Some(Err(e)) = &env {
         tracing::warn!("ignoring RUST_LOG: {e}");
@@ -125,6 +148,24 @@ pub fn init(default_directives: &str) -> LogControl {
     LogControl {
         handle: env_directives.is_none().then_some(handle),
     }
+}
+
+/// The subscriber: `output` (the log) behind the reloadable `filter`, and
+/// next to it the recorder of security events behind its own filter, so
+/// that a quiet log does not hide them from the dashboard. With the filter
+/// per layer instead of global, events the log filter drops still reach the
+/// registry; `callsite_enabled` keeps that cheap for all but audit events.
+fn subscriber<L>(
+    output: L,
+    filter: reload::Layer<EnvFilter, Registry>,
+    events: Arc<RecentEvents>,
+) -> impl Subscriber + Send + Sync + 'static
+where
+    L: Layer<Registry> + Send + Sync + 'static,
+{
+    tracing_subscriber::registry()
+        .with(output.with_filter(filter))
+        .with(AuditLayer::new(events).filtered())
 }
 
 /// Prefixes each line with its syslog priority (`<3>` error … `<7>` debug).
@@ -155,7 +196,112 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::check_filter;
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use tracing_subscriber::reload;
+
+    use super::{LogControl, build_filter, check_filter, recent_events, subscriber};
+    use crate::events::RecentEvents;
+
+    /// A log destination tests can read.
+    #[derive(Clone, Default)]
+    struct Output(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Output {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Output {
+        fn take(&self) -> String {
+            String::from_utf8(std::mem::take(
+                &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+            ))
+            .unwrap()
+        }
+    }
+
+    #[test]
+    fn audit_events_are_recorded_whatever_the_log_filter() {
+        let output = Output::default();
+        let writer = output.clone();
+        let log = tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time();
+        let (filter, handle) = reload::Layer::new(build_filter("warn"));
+        let control = LogControl { handle: Some(handle) };
+        let events = Arc::new(RecentEvents::new(10));
+        tracing::subscriber::with_default(subscriber(log, filter, Arc::clone(&events)), || {
+            tracing::info!(target: "camgate::audit", event = "session", action = "start", "quiet audit");
+            tracing::info!("quiet other");
+            tracing::warn!("loud other");
+            let written = output.take();
+            assert!(written.contains("loud other"), "{written}");
+            assert!(!written.contains("quiet"), "{written}");
+
+            control.apply("off");
+            tracing::warn!(target: "camgate::audit", event = "ban", "silenced audit");
+            assert_eq!(output.take(), "");
+
+            control.apply("info");
+            tracing::info!(target: "camgate::audit", event = "unban", "logged audit");
+            tracing::info!("logged other");
+            let written = output.take();
+            assert!(written.contains("logged audit"), "{written}");
+            assert!(written.contains("logged other"), "{written}");
+        });
+        let recorded: Vec<_> = events
+            .list(None, 10)
+            .into_iter()
+            .map(|e| (e.seq, e.event.unwrap_or_default(), e.message))
+            .collect();
+        assert_eq!(
+            recorded,
+            [
+                (3, "unban".to_owned(), "logged audit".to_owned()),
+                (2, "ban".to_owned(), "silenced audit".to_owned()),
+                (1, "session".to_owned(), "quiet audit".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_audit_recorder_raises_the_maximum_level_to_info_only() {
+        use tracing::Subscriber as _;
+        use tracing::level_filters::LevelFilter;
+
+        for (directives, max) in [
+            ("off", LevelFilter::INFO),
+            ("warn", LevelFilter::INFO),
+            ("debug", LevelFilter::DEBUG),
+        ] {
+            let (filter, _handle) = reload::Layer::new(build_filter(directives));
+            let log = tracing_subscriber::fmt::layer().with_writer(std::io::sink);
+            let events = Arc::new(RecentEvents::new(1));
+            assert_eq!(
+                subscriber(log, filter, events).max_level_hint(),
+                Some(max),
+                "{directives}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_init_the_recent_events_are_empty() {
+        tracing::warn!(target: "camgate::audit", event = "ban", "no subscriber");
+        assert!(recent_events().list(None, usize::MAX).is_empty());
+        assert_eq!(recent_events().last_seq(), 0);
+    }
 
     #[test]
     fn filter_check_accepts_levels_and_targets_only() {

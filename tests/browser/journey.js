@@ -175,6 +175,7 @@ async function setup(result) {
   result.dashboard_dvr = await waitText('#dvr-reach', /answers|not reachable/);
   result.dashboard_cameras = await page.textContent('#dash-cameras tbody');
   result.dashboard_certificates = await page.textContent('#cert-list tbody');
+  result.dashboard_events = await waitText('#event-list tbody', /configuration change confirmed/);
   await snap('dashboard');
 }
 

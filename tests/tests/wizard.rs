@@ -166,6 +166,10 @@ fn a_browser_sets_up_a_fresh_camgate_and_an_unconfirmed_change_is_reverted() {
     assert!(text("camera_diff").contains("+name = \"porch\""), "{setup:#}");
     assert!(text("dashboard_cameras").contains("porch"), "{setup:#}");
     assert!(
+        text("dashboard_events").contains("camgate claimed: setup mode is over"),
+        "{setup:#}"
+    );
+    assert!(
         text("dashboard_dvr").contains("motion at http://192.168.60.2:8080: answers (HTTP 200 OK"),
         "{setup:#}"
     );

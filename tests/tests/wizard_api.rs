@@ -94,6 +94,19 @@ fn the_wizard_api_serves_admins_on_the_lan_and_explains_bad_input() {
         );
     }
 
+    // The refusals are security events, for admins to see.
+    assert_eq!(api(DVR, "GET", "/events", None, &[]).status, 401);
+    let events = admin("GET", "/events?limit=5", None);
+    assert_eq!(events.status, 200, "{}", events.body);
+    let listed = events.body["events"].as_array().unwrap();
+    assert_eq!(listed.len(), 5);
+    let refusal = listed.iter().find(|event| event["event"] == "admin");
+    let refusal = refusal.unwrap_or_else(|| panic!("{:#}", events.body));
+    assert_eq!(refusal["fields"]["client.addr"], ROUTED, "{refusal:#}");
+    assert_eq!(refusal["level"], "warn", "{refusal:#}");
+    let bad_query = admin("GET", "/events?since=soon", None);
+    assert_eq!(bad_query.status, 400, "{}", bad_query.body);
+
     // A browser session's changes need its CSRF token.
     let login = api(
         DVR,

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
@@ -91,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/bans/{address}", delete(lift_ban))
         .route("/api/sessions", get(list_sessions))
         .route("/api/sessions/{id}", delete(revoke_session))
+        .route("/api/events", get(list_events))
         .route("/api/cameras", get(list_cameras))
         .route("/api/cameras/discover", post(discover_cameras))
         .route("/api/config", get(apply::show).post(apply::apply))
@@ -316,6 +318,29 @@ async fn discover_cameras(State(state): State<AppState>) -> Response {
             (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
         }
     }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Only events after this sequence number.
+    since: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/events`: the recent security events (sign-ins, bans,
+/// sessions, claims, config changes, refusals), newest first.
+async fn list_events(query: Result<Query<EventsQuery>, QueryRejection>) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return api_error(rejection.status(), rejection.body_text()),
+    };
+    let events = crate::telemetry::recent_events();
+    Json(serde_json::json!({
+        "last_seq": events.last_seq(),
+        "events": events.list(query.since, query.limit.unwrap_or(100).min(crate::events::CAPACITY)),
+    }))
+    .into_response()
 }
 
 async fn list_bans(State(state): State<AppState>) -> Response {
