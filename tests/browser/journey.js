@@ -177,6 +177,16 @@ async function setup(result) {
   result.dashboard_certificates = await page.textContent('#cert-list tbody');
   result.dashboard_events = await waitText('#event-list tbody', /configuration change confirmed/);
   await snap('dashboard');
+
+  // Backup and restore: the file as camgate has it; a broken one is refused
+  // with its line before anything changes.
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#backup')]);
+  result.backup = fs.readFileSync(await download.path(), 'utf8');
+  await page.setInputFiles('#restore-file', {
+    name: 'camgate.toml', mimeType: 'text/plain', buffer: Buffer.from('[daemon]\nmode = "turbo"\n'),
+  });
+  result.restore_error = await waitText('#restore-error', /Not restored/);
+  await snap('restore-refused');
 }
 
 async function revert(result) {

@@ -181,6 +181,11 @@ fn a_browser_sets_up_a_fresh_camgate_and_an_unconfirmed_change_is_reverted() {
         "{config}"
     );
     assert!(!camgate.dir.path().join("etc/.camgate.toml.unconfirmed").exists());
+    assert_eq!(text("backup"), config, "the backup is the file");
+    assert!(
+        text("restore_error").contains("not valid: line 2:8: `daemon.mode`: unknown variant `turbo`"),
+        "{setup:#}"
+    );
     let status = camgate_tests::http::get_ok(gw, "http://127.0.0.1:8080/api/status").json();
     let certificate = &status["certificates"]["acme"][0];
     assert_eq!(certificate["host"], PUBLIC_HOST, "{status:#}");
