@@ -34,8 +34,8 @@ use crate::config::Config;
 use crate::config::forward::{ForwardMode, Masquerade, PortRange, Protocol};
 use crate::config::network::{Cameras, Network};
 use crate::daemon::{SubsystemState, SubsystemStatus};
-pub use ruleset::{CounterNames, Isolation, KernelForward};
 pub use links::{Nic, interfaces};
+pub use ruleset::{CounterNames, Isolation, KernelForward};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
