@@ -279,6 +279,11 @@ fn the_wizard_api_serves_admins_on_the_lan_and_explains_bad_input() {
             "not valid: line",
         ),
         (
+            serde_json::json!({ "step": "network", "uplink": "v0-dvr",
+                "cameras": { "interface": "eth9", "vlan": null, "address": "192.168.61.200/25" } }),
+            "the camera network 192.168.61.128/25 overlaps 192.168.61.0/24 on v0-dvr: choose another range",
+        ),
+        (
             serde_json::json!({ "step": "token", "name": "ha", "scope": ["/1/stream"], "expires": null }),
             "set up the DVR first",
         ),

@@ -306,6 +306,14 @@ pub(super) async fn edit(
         },
         Step::Remove { list, name } => Edit::Remove { table: list, name },
     };
+    if let Edit::Network {
+        cameras: Some(segment),
+        ..
+    } = &edit
+        && let Some(clash) = camera_subnet_clash(segment).await
+    {
+        return api_error(StatusCode::UNPROCESSABLE_ENTITY, clash);
+    }
     let draft = match edit::apply(&config, &edit) {
         Ok(draft) => draft,
         Err(e) => return api_error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
@@ -349,6 +357,28 @@ pub(super) async fn edit(
             )
         }
     }
+}
+
+/// The camera subnet must not overlap a network camgate is already on
+/// through another port (the home LAN above all): said before the change,
+/// not when the firewall refuses to apply it.
+async fn camera_subnet_clash(segment: &CameraSegment) -> Option<String> {
+    let subnet = segment.address.parse::<ipnet::IpNet>().ok()?.trunc();
+    let nics = tokio::task::spawn_blocking(crate::firewall::interfaces)
+        .await
+        .ok()?
+        .ok()?;
+    nics.iter()
+        .filter(|nic| nic.name != segment.interface)
+        .flat_map(|nic| nic.addresses.iter().map(move |address| (nic, address.trunc())))
+        .find(|(_, network)| network.contains(&subnet.network()) || subnet.contains(&network.network()))
+        .map(|(nic, network)| {
+            format!(
+                "the camera network {subnet} overlaps {network} on {}: choose another range, e.g. 10.77.0.1/24 \
+                 or 172.31.77.1/24",
+                nic.name
+            )
+        })
 }
 
 #[derive(Debug, Deserialize)]
