@@ -323,8 +323,11 @@ $('#dvr-detect').addEventListener('click', (event) => {
       return;
     }
     const best = found[0];
-    $('#dvr-detected').replaceChildren(el('p', {}, `Found: ${best.profile} on port ${best.port} (${best.confidence} confidence: ${best.evidence.join('; ')}).`),
-      found.length > 1 ? el('p', { class: 'hint' }, `Also: ${found.slice(1).map((d) => `${d.profile} on ${d.port}`).join(', ')}`) : null);
+    const also = found.slice(1).map((d) => `${d.profile} on ${d.port}`);
+    $('#dvr-detected').replaceChildren(
+      el('p', {}, `Found: ${best.profile} on port ${best.port} (${best.confidence} confidence: ${best.evidence.join('; ')}).`),
+      ...(also.length ? [el('p', { class: 'hint' }, `Also: ${also.join(', ')}`)] : []),
+    );
     $('#dvr-profile').value = best.profile;
     $('#dvr-upstream').value = `http://${hostPart(address)}:${best.port}`;
     renderRules();
@@ -367,7 +370,7 @@ $('#token-add').addEventListener('click', (event) => {
     $('#token-shown').replaceChildren(
       el('p', { role: 'alert' }, `Token ${name}: copy it now, camgate shows it only once. It works once you apply.`),
       el('code', { class: 'secret', id: 'token-secret' }, answer.token),
-      url ? el('p', {}, 'Ready-made address for a smart-home MJPEG camera: ', el('code', { id: 'token-url' }, url)) : null,
+      ...(url ? [el('p', {}, 'Ready-made address for a smart-home MJPEG camera: ', el('code', { id: 'token-url' }, url))] : []),
     );
     renderPeople();
   });

@@ -37,6 +37,9 @@ let shot = 0;
 
 async function snap(name) {
   shot += 1;
+  // Values the page forgot to turn into words.
+  const slip = await page.evaluate(() => document.querySelector('main').innerText.match(/\b(null|undefined|NaN)\b|\[object Object\]/));
+  if (slip) throw new Error(`${name}: the page shows "${slip[0]}"`);
   const base = path.join(SHOTS, `${PHASE}-${String(shot).padStart(2, '0')}-${name}`);
   await page.screenshot({ path: `${base}-desktop.png`, fullPage: true });
   await page.setViewportSize(PHONE);
