@@ -15,7 +15,7 @@ if ! command -v cargo >/dev/null; then
 fi
 
 # Peer programs and tools the tests run. Missing ones fail the tests, never skip them.
-packages=(iproute2 iputils-ping iputils-arping procps systemd curl openssl motion ffmpeg pebble coturn nftables python3 dnsmasq-base udhcpc chrony
+packages=(iproute2 iputils-ping iputils-arping procps systemd curl openssl motion ffmpeg pebble coturn nftables python3 python3-venv dnsmasq-base udhcpc chrony
   chromium chromium-driver python3-selenium fonts-dejavu-core nodejs)
 missing=()
 for package in "${packages[@]}"; do
@@ -43,6 +43,11 @@ fi
 # playwright-core drives Chromium through the setup wizard (tests/tests/wizard.rs), at
 # the version the lockfile pins.
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+
+# schemathesis fuzzes the admin API from its OpenAPI document (tests/tests/openapi.rs), at the
+# versions tests/openapi/requirements.txt pins, in a venv of its own under target/.
+[ -x target/openapi-venv/bin/pip ] || python3 -m venv target/openapi-venv
+target/openapi-venv/bin/pip install --quiet --disable-pip-version-check -r tests/openapi/requirements.txt
 
 # The integration tests run target/debug/camgate: build it first so they
 # never test a stale binary.

@@ -340,7 +340,9 @@ $('#dvr-test').addEventListener('click', (event) => {
     $('#dvr-test-result').textContent = 'Connecting…';
     try {
       const result = await api('POST', '/api/dvr/test', { upstream: $('#dvr-upstream').value.trim() });
-      $('#dvr-test-result').textContent = `It answers: ${result.summary}${result.server ? ` (server: ${result.server})` : ''}.`;
+      $('#dvr-test-result').textContent = result.reachable
+        ? `It answers: ${result.summary}${result.server ? ` (server: ${result.server})` : ''}.`
+        : `No: ${result.error}`;
     } catch (e) {
       $('#dvr-test-result').textContent = `No: ${e.message}`;
     }
@@ -530,12 +532,22 @@ async function checkDvr() {
     $('#dvr-reach').textContent = 'No DVR set up yet: the setup wizard does it.';
     return;
   }
-  try {
-    const result = await api('POST', '/api/dvr/test', { upstream: dvr.upstream });
-    $('#dvr-reach').textContent = `${dvr.profile} at ${dvr.upstream}: answers (${result.summary}).`;
-  } catch (e) {
-    $('#dvr-reach').textContent = `${dvr.profile} at ${dvr.upstream}: not reachable: ${e.message}`;
-  }
+  const result = await api('POST', '/api/dvr/test', { upstream: dvr.upstream });
+  $('#dvr-reach').textContent = result.reachable
+    ? `${dvr.profile} at ${dvr.upstream}: answers (${result.summary}).`
+    : `${dvr.profile} at ${dvr.upstream}: not reachable: ${result.error}`;
+}
+
+// What a camera tried to reach and the firewall stopped: names it looked
+// up, and destinations by kind (mirai, p2p-cloud, …), most tried first.
+function phoneHome(camera) {
+  const lines = [
+    ...camera.dns.slice(0, 3).map((n) => `asked DNS for ${n.name} ×${n.count}`),
+    ...camera.blocked.slice(0, 3).map((b) => `${b.kind}: ${b.protocol} ${b.address}${b.port ? `:${b.port}` : ''} ×${b.count}`),
+  ];
+  const more = Math.max(0, camera.dns.length - 3) + Math.max(0, camera.blocked.length - 3) + camera.blocked_unlisted;
+  if (more) lines.push(`and ${more} more`);
+  return lines.length ? el('ul', {}, lines.map((line) => el('li', {}, line))) : 'nothing';
 }
 
 async function refreshDashboard() {
@@ -564,7 +576,7 @@ async function refreshDashboard() {
   $('#cert-errors').replaceChildren(...acme.filter((c) => c.last_error || c.detail).map((c) => el('p', {}, `${c.host}: ${c.last_error || c.detail}`)));
   fill($('#dash-cameras tbody'), cameras.map((camera) => [
     text(camera.name || camera.mac), text(camera.address), camera.state,
-    camera.blocked.length ? camera.blocked.slice(0, 5).map((b) => `${b.kind} ${b.protocol} ${b.address}${b.port ? `:${b.port}` : ''} ×${b.count}`).join('; ') : 'none',
+    phoneHome(camera),
   ]));
   const rows = events.events.map((e) => {
     const who = [e.fields.principal, e.fields['client.addr']].filter(Boolean).join(' from ');

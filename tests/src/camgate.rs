@@ -5,6 +5,7 @@
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -36,22 +37,39 @@ pub fn binary() -> PathBuf {
     path
 }
 
-/// A `NOTIFY_SOCKET` endpoint: every datagram camgate sends, in order.
+/// A `NOTIFY_SOCKET` endpoint: every datagram camgate sends, in order,
+/// read as they come by a thread of its own (as systemd reads its socket:
+/// camgate must never wait for the test to look).
 #[derive(Debug)]
 pub struct NotifySocket {
-    socket: UnixDatagram,
     path: PathBuf,
-    received: Vec<String>,
+    inbox: Arc<Inbox>,
+    /// How many of the received messages `wait_for` has gone past.
+    seen: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inbox {
+    messages: Mutex<Vec<String>>,
+    arrived: Condvar,
 }
 
 impl NotifySocket {
     pub fn bind(path: PathBuf) -> Self {
         let socket = UnixDatagram::bind(&path).expect("bind notify socket");
-        Self {
-            socket,
-            path,
-            received: Vec::new(),
-        }
+        let inbox = Arc::new(Inbox::default());
+        let filling = Arc::clone(&inbox);
+        // Ends when the socket file's directory goes (recv fails) or the
+        // process does; a reader per camgate started.
+        std::thread::spawn(move || {
+            let mut buf = vec![0; 4096];
+            while let Ok(n) = socket.recv(&mut buf) {
+                let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                filling.messages.lock().unwrap().push(message);
+                filling.arrived.notify_all();
+            }
+        });
+        Self { path, inbox, seen: 0 }
     }
 
     pub fn path(&self) -> &Path {
@@ -59,8 +77,8 @@ impl NotifySocket {
     }
 
     /// All messages so far.
-    pub fn received(&self) -> &[String] {
-        &self.received
+    pub fn received(&self) -> Vec<String> {
+        self.inbox.messages.lock().unwrap().clone()
     }
 
     /// Waits for the next message (after those already returned) that has
@@ -69,37 +87,31 @@ impl NotifySocket {
         self.try_wait_for(line, deadline).unwrap_or_else(|| {
             panic!(
                 "no {line} from camgate within {deadline:?}; got {:?}",
-                self.received
+                self.received()
             )
         })
+    }
+
+    /// Passes over every message received so far: the next wait is for
+    /// what comes after (a restarted camgate's, not its predecessor's).
+    pub fn skip_received(&mut self) {
+        self.seen = self.inbox.messages.lock().unwrap().len();
     }
 
     /// Like [`Self::wait_for`], but `None` when `deadline` passes.
     pub fn try_wait_for(&mut self, line: &str, deadline: Duration) -> Option<String> {
         let start = Instant::now();
-        let mut buf = vec![0; 4096];
+        let mut messages = self.inbox.messages.lock().unwrap();
         loop {
-            let left = deadline.checked_sub(start.elapsed())?;
-            self.socket
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .expect("set timeout");
-            let n = match self.socket.recv(&mut buf) {
-                Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue;
+            while self.seen < messages.len() {
+                let message = &messages[self.seen];
+                self.seen += 1;
+                if message.lines().any(|l| l == line) {
+                    return Some(message.clone());
                 }
-                Err(e) => panic!("notify socket: {e}"),
-            };
-            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
-            self.received.push(message.clone());
-            if message.lines().any(|l| l == line) {
-                return Some(message);
             }
+            let left = deadline.checked_sub(start.elapsed())?;
+            messages = self.inbox.arrived.wait_timeout(messages, left).unwrap().0;
         }
     }
 }
@@ -255,6 +267,7 @@ impl Camgate {
             "camgate exited with {status}:\n{}",
             self.peer.stderr()
         );
+        self.notify.skip_received();
         let mut command = run_command(netns, self.dir.path(), &self.notify);
         command.arg("--config").arg(&self.config_path);
         self.peer = Peer::spawn("camgate-restarted", command, self.dir.path());

@@ -363,7 +363,7 @@ fn setup_mode_without_a_config_prints_the_url_and_code() {
         )),
         "{log}"
     );
-    let ready = camgate.notify.received().last().unwrap();
+    let ready = camgate.notify.received().last().unwrap().clone();
     assert!(ready.contains("STATUS=waiting for setup"), "{ready}");
 
     let status = get_ok(&netns, "http://127.0.0.1:8080/api/status").json();

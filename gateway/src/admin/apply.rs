@@ -288,13 +288,16 @@ async fn apply_text(applier: Arc<Applier>, text: String) -> Response {
 pub(super) fn invalid_config(store: &ConfigStore, error: &crate::config::error::ConfigError) -> Response {
     let message = error.summary();
     let file = format!("{}:", store.path().display());
-    let located = message
+    let rest = message
         .strip_prefix(&file)
         .map_or(message.as_str(), str::trim_start);
-    api_error(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        format!("not valid: line {located}"),
-    )
+    // "12:8: `key`: …" has a place; "config has no settings" has none.
+    let text = if rest.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("not valid: line {rest}")
+    } else {
+        format!("not valid: {rest}")
+    };
+    api_error(StatusCode::UNPROCESSABLE_ENTITY, text)
 }
 
 /// `POST /api/config/confirm`: keeps the change that waits.

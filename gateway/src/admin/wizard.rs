@@ -412,8 +412,20 @@ pub(super) struct ConnectionTestRequest {
     upstream: String,
 }
 
-/// `POST /api/dvr/test`: whether the DVR answers at an upstream URL (502
-/// with the reason in words if not).
+/// The test ran: a DVR that does not answer is its result, not a failure
+/// of camgate (so a 5xx keeps meaning that camgate broke).
+#[derive(Debug, Serialize)]
+struct ConnectionTestAnswer {
+    reachable: bool,
+    #[serde(flatten)]
+    test: Option<crate::detect::ConnectionTest>,
+    /// Why not, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `POST /api/dvr/test`: whether the DVR answers at an upstream URL, and if
+/// not, why.
 pub(super) async fn test_dvr(body: Result<Json<ConnectionTestRequest>, JsonRejection>) -> Response {
     let upstream = match body {
         Ok(Json(request)) => request.upstream,
@@ -425,11 +437,17 @@ pub(super) async fn test_dvr(body: Result<Json<ConnectionTestRequest>, JsonRejec
             "give the DVR's address as a URL, e.g. http://192.168.1.20:8090",
         );
     };
-    match crate::detect::test_connection(&uri, CONNECTION_TEST_TIMEOUT).await {
-        Ok(test) => Json(test).into_response(),
+    let (test, error) = match crate::detect::test_connection(&uri, CONNECTION_TEST_TIMEOUT).await {
+        Ok(test) => (Some(test), None),
         Err(e @ crate::detect::DetectError::InvalidUpstream { .. }) => {
-            api_error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            return api_error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
         }
-        Err(e) => api_error(StatusCode::BAD_GATEWAY, e.to_string()),
-    }
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Json(ConnectionTestAnswer {
+        reachable: test.is_some(),
+        test,
+        error,
+    })
+    .into_response()
 }

@@ -478,6 +478,7 @@ impl Daemon {
             Ok(()) => tracing::info!("drained; bye"),
             Err(e) => tracing::warn!("{e}; stopping anyway"),
         }
+        notify::flush(std::time::Duration::from_secs(1));
     }
 
     fn publish_status(&self, generation: u64) {
