@@ -174,7 +174,7 @@ async function setup(result) {
   await page.click('#apply');
   await visible('#view-dashboard');
   await page.waitForFunction(() => [...document.querySelectorAll('#dash-cameras tbody tr')]
-    .some((row) => row.cells[0].textContent === 'porch'), null, { timeout: 20000, polling: 500 });
+    .some((row) => row.cells[0].textContent === 'porch' && /mirai/.test(row.cells[3].textContent)), null, { timeout: 20000, polling: 500 });
   result.dashboard_dvr = await waitText('#dvr-reach', /answers|not reachable/);
   result.dashboard_cameras = await page.textContent('#dash-cameras tbody');
   result.dashboard_certificates = await page.textContent('#cert-list tbody');

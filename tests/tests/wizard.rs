@@ -106,7 +106,8 @@ fn a_browser_sets_up_a_fresh_camgate_and_an_unconfirmed_change_is_reverted() {
     let hook = dir.path().join("udhcpc.hook");
     std::fs::write(
         &hook,
-        "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/$mask\" dev \"$interface\"\nexit 0\n",
+        "#!/bin/sh\n[ \"$1\" = bound ] && ip addr add \"$ip/$mask\" dev \"$interface\" && \
+         ip route add default via \"$router\"\nexit 0\n",
     )
     .unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -115,6 +116,14 @@ fn a_browser_sets_up_a_fresh_camgate_and_an_unconfirmed_change_is_reverted() {
         .arg(&hook)
         .args(["-x", "hostname:porch-cam"]);
     let _camera = Peer::spawn("udhcpc", dhcp, dir.path());
+    // Once it has an address, it phones home like a hacked camera: telnet
+    // to a host beyond camgate (the CA's namespace), every second.
+    let mut phone_home = cam.command("sh");
+    phone_home.args([
+        "-c",
+        &format!("while :; do curl -s --max-time 1 -o /dev/null telnet://{CA}:23; sleep 1; done"),
+    ]);
+    let _phone_home = Peer::spawn("phone-home", phone_home, dir.path());
 
     let shots = repo().join("tests/output/wizard");
     let _ = std::fs::remove_dir_all(&shots);
@@ -164,7 +173,10 @@ fn a_browser_sets_up_a_fresh_camgate_and_an_unconfirmed_change_is_reverted() {
         "{setup:#}"
     );
     assert!(text("camera_diff").contains("+name = \"porch\""), "{setup:#}");
-    assert!(text("dashboard_cameras").contains("porch"), "{setup:#}");
+    assert!(
+        text("dashboard_cameras").contains(&format!("mirai: tcp {CA}:23")),
+        "{setup:#}"
+    );
     assert!(
         text("dashboard_events").contains("camgate claimed: setup mode is over"),
         "{setup:#}"
