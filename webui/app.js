@@ -437,6 +437,21 @@ $('#cameras-discover').addEventListener('click', (event) => busy(stepForm('camer
   await loadCameras();
 }));
 
+$('#camera-rtsp-test').addEventListener('click', (event) => {
+  const form = stepForm('cameras');
+  busy(form, event.target, async () => {
+    $('#camera-rtsp-result').textContent = 'Asking the camera…';
+    const result = await api('POST', '/api/cameras/rtsp-test', {
+      url: $('#camera-rtsp').value.trim(),
+      username: $('#camera-user').value,
+      password: $('#camera-password').value,
+    });
+    $('#camera-rtsp-result').textContent = result.ok
+      ? `It streams: ${result.summary}${result.server ? ` (${result.server})` : ''}.`
+      : `No: ${result.error}`;
+  });
+});
+
 $('#camera-add').addEventListener('click', (event) => {
   const form = stepForm('cameras');
   busy(form, event.target, async () => {

@@ -165,6 +165,16 @@ async function setup(result) {
   }
   await page.click(`#camera-list tbody tr:has-text("${mac}") button`);
   await page.fill('#camera-name', 'porch');
+  // Its video: a wrong password is refused in words, the right one shows the stream.
+  const rtsp = `rtsp://${await page.inputValue('#camera-ip')}:8554/stream1`;
+  await page.fill('#camera-rtsp', rtsp);
+  await page.fill('#camera-user', 'admin');
+  await page.fill('#camera-password', 'wrong');
+  await page.click('#camera-rtsp-test');
+  result.rtsp_refused = await waitText('#camera-rtsp-result', /^No:/);
+  await page.fill('#camera-password', env('CAMERA_PASSWORD'));
+  await page.click('#camera-rtsp-test');
+  result.rtsp = await waitText('#camera-rtsp-result', /^It streams|^No:/);
   await page.click('#camera-add');
   await waitText('#notice', /porch saved/);
   await snap('cameras');

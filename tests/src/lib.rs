@@ -8,6 +8,7 @@
 //! - [`dvr`]: the `fake-dvr` upstream and its request log.
 //! - [`lab`]: camgate between WAN and LAN namespaces with fake-dvr behind it.
 //! - [`motion`]: Debian's `motion` as a real DVR.
+//! - [`rtsp_camera`]: a gst-rtsp-server camera (`peers/rtsp_camera.py`).
 //! - [`pebble`]: Debian's Pebble ACME CA and its DNS server in a namespace.
 
 pub mod camgate;
@@ -19,6 +20,7 @@ pub mod netns;
 pub mod nft;
 pub mod pebble;
 pub mod process;
+pub mod rtsp_camera;
 pub mod tls;
 
 /// The config text the `config-saver` helper writes for save number `n`:

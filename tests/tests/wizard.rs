@@ -30,6 +30,7 @@ const GW_WAN: &str = "203.0.113.1";
 const CA: &str = "203.0.113.2";
 const PUBLIC_HOST: &str = "dvr.example.org";
 const CAMERA_MAC: &str = "02:00:00:77:00:20";
+const CAMERA_PASSWORD: &str = "camera-password";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
@@ -124,6 +125,14 @@ fn a_browser_sets_up_a_fresh_camgate_and_an_unconfirmed_change_is_reverted() {
         &format!("while :; do curl -s --max-time 1 -o /dev/null telnet://{CA}:23; sleep 1; done"),
     ]);
     let _phone_home = Peer::spawn("phone-home", phone_home, dir.path());
+    // Its RTSP server, behind a Digest login.
+    let _rtsp = camgate_tests::rtsp_camera::start(
+        cam,
+        "0.0.0.0",
+        dir.path(),
+        "rtsp-camera",
+        &format!("--port 8554 --path /stream1 --auth digest --user admin --password {CAMERA_PASSWORD}"),
+    );
 
     let shots = repo().join("tests/output/wizard");
     let _ = std::fs::remove_dir_all(&shots);
@@ -134,6 +143,7 @@ fn a_browser_sets_up_a_fresh_camgate_and_an_unconfirmed_change_is_reverted() {
         ("WRONG_UPLINK", "v1-ca".to_owned()),
         ("CAMERA_NIC", "v2-cam".to_owned()),
         ("CAMERA_MAC", CAMERA_MAC.to_owned()),
+        ("CAMERA_PASSWORD", CAMERA_PASSWORD.to_owned()),
         ("DVR_ADDRESS", LAN.to_owned()),
         ("PUBLIC_HOST", PUBLIC_HOST.to_owned()),
         ("ACME_DIRECTORY", pebble.directory()),
@@ -173,6 +183,16 @@ fn a_browser_sets_up_a_fresh_camgate_and_an_unconfirmed_change_is_reverted() {
         "{setup:#}"
     );
     assert!(text("camera_diff").contains("+name = \"porch\""), "{setup:#}");
+    assert!(
+        text("rtsp_refused").contains("the camera refused the login (401): check the user name and password"),
+        "{setup:#}"
+    );
+    assert!(
+        text("rtsp").starts_with("It streams: H.264 video 320×240"),
+        "{setup:#}"
+    );
+    // The login the test used is the camera's, kept for ONVIF.
+    assert!(text("camera_diff").contains("+username = \"admin\""), "{setup:#}");
     assert!(
         text("dashboard_cameras").contains(&format!("mirai: tcp {CA}:23")),
         "{setup:#}"

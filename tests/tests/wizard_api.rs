@@ -75,6 +75,7 @@ fn the_wizard_api_serves_admins_on_the_lan_and_explains_bad_input() {
         ("POST", "/config/edit"),
         ("POST", "/dvr/detect"),
         ("POST", "/dvr/test"),
+        ("POST", "/cameras/rtsp-test"),
     ] {
         let body = (method == "POST").then(|| serde_json::json!({}));
         assert_eq!(api(DVR, method, path, body.clone(), &[]).status, 401, "{path}");
@@ -250,6 +251,20 @@ fn the_wizard_api_serves_admins_on_the_lan_and_explains_bad_input() {
     );
     assert_eq!(nonsense.status, 422);
     assert!(error(&nonsense).contains("as a URL"), "{}", nonsense.body);
+
+    // The RTSP test is for cameras on the camera network, which this
+    // camgate does not run.
+    let rtsp = admin(
+        "POST",
+        "/cameras/rtsp-test",
+        Some(serde_json::json!({ "url": format!("rtsp://{DVR}:554/stream1") })),
+    );
+    assert_eq!(rtsp.status, 409, "{}", rtsp.body);
+    assert!(
+        error(&rtsp).contains("apply the network step first"),
+        "{}",
+        rtsp.body
+    );
 
     // Steps: a good one comes back as a checked draft with its diff.
     let dvr_step = edit(

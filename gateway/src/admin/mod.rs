@@ -95,6 +95,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events", get(list_events))
         .route("/api/cameras", get(list_cameras))
         .route("/api/cameras/discover", post(discover_cameras))
+        .route(
+            "/api/cameras/rtsp-test",
+            post(wizard::test_rtsp).layer(DefaultBodyLimit::max(claim::MAX_BODY_BYTES)),
+        )
         .route("/api/config", get(apply::show).post(apply::apply))
         .route("/api/config/confirm", post(apply::confirm))
         .route("/api/config/edit", post(wizard::edit))

@@ -451,3 +451,100 @@ pub(super) async fn test_dvr(body: Result<Json<ConnectionTestRequest>, JsonRejec
     })
     .into_response()
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RtspTestRequest {
+    url: String,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// The test ran; whether the camera served a stream description, or why not.
+#[derive(Debug, Serialize)]
+struct RtspTestAnswer {
+    ok: bool,
+    #[serde(flatten)]
+    check: Option<crate::cameras::rtsp_check::RtspCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// `POST /api/cameras/rtsp-test`: DESCRIBE on a camera's RTSP URL, with its
+/// login: what it serves (codec, resolution), or why not. Only for cameras
+/// on camgate's camera network: the admin API is no RTSP probe for the LAN.
+pub(super) async fn test_rtsp(
+    State(state): State<AppState>,
+    body: Result<Json<RtspTestRequest>, JsonRejection>,
+) -> Response {
+    let request = match body {
+        Ok(Json(request)) => request,
+        Err(rejection) => return api_error(rejection.status(), rejection.body_text()),
+    };
+    let running = state.applier.running();
+    let Some(subnet) = running
+        .network
+        .as_ref()
+        .and_then(|network| network.cameras.as_ref())
+        .map(|cameras| cameras.address.trunc())
+    else {
+        return api_error(
+            StatusCode::CONFLICT,
+            "camgate runs no camera network yet: apply the network step first",
+        );
+    };
+    let host = url_host(&request.url);
+    if host.is_none_or(|host| !subnet.contains(&host)) {
+        return api_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "give the RTSP URL of a camera on camgate's camera network ({subnet}), e.g. rtsp://{}:554/stream1",
+                subnet.hosts().nth(19).unwrap_or(subnet.addr())
+            ),
+        );
+    }
+    let login = match (
+        given(request.username),
+        request.password.filter(|password| !password.is_empty()),
+    ) {
+        (Some(user), Some(password)) => Some((user, password)),
+        (None, None) => None,
+        _ => {
+            return api_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "give the camera's user name and password, or neither",
+            );
+        }
+    };
+    let login = login
+        .as_ref()
+        .map(|(user, password)| (user.as_str(), password.as_str()));
+    let result =
+        crate::cameras::rtsp_check::check(&request.url, login, crate::cameras::rtsp_check::DEFAULT_TIMEOUT)
+            .await;
+    let answer = match result {
+        Ok(check) => RtspTestAnswer {
+            ok: true,
+            check: Some(check),
+            code: None,
+            error: None,
+        },
+        Err(e) => RtspTestAnswer {
+            ok: false,
+            check: None,
+            code: Some(e.code()),
+            error: Some(e.to_string()),
+        },
+    };
+    Json(answer).into_response()
+}
+
+/// The IPv4 address an `rtsp://` URL names, if it names one.
+fn url_host(url: &str) -> Option<std::net::Ipv4Addr> {
+    let rest = url.trim().strip_prefix("rtsp://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit('@').next()?;
+    host.split(':').next()?.parse().ok()
+}

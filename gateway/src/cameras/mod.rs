@@ -9,6 +9,7 @@ pub mod chrony;
 pub mod discovery;
 pub mod dnsmasq;
 pub mod onvif;
+pub mod rtsp_check;
 mod report;
 
 pub use report::{CameraReport, CameraView, DiscoverError};
