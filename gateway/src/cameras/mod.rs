@@ -9,8 +9,8 @@ pub mod chrony;
 pub mod discovery;
 pub mod dnsmasq;
 pub mod onvif;
-pub mod rtsp_check;
 mod report;
+pub mod rtsp_check;
 
 pub use report::{CameraReport, CameraView, DiscoverError};
 
