@@ -40,6 +40,16 @@ async function snap(name) {
   // Values the page forgot to turn into words.
   const slip = await page.evaluate(() => document.querySelector('main').innerText.match(/\b(null|undefined|NaN)\b|\[object Object\]/));
   if (slip) throw new Error(`${name}: the page shows "${slip[0]}"`);
+  // For screen readers: every visible control has a label, every button words.
+  const unnamed = await page.evaluate(() => [
+    ...[...document.querySelectorAll('input, select, textarea')]
+      .filter((c) => c.offsetParent !== null && c.labels.length === 0 && !c.getAttribute('aria-label'))
+      .map((c) => `control #${c.id}`),
+    ...[...document.querySelectorAll('button, a')]
+      .filter((b) => b.offsetParent !== null && !b.textContent.trim() && !b.getAttribute('aria-label'))
+      .map((b) => `${b.tagName} #${b.id}`),
+  ]);
+  if (unnamed.length) throw new Error(`${name}: nothing names ${unnamed.join(', ')}`);
   const base = path.join(SHOTS, `${PHASE}-${String(shot).padStart(2, '0')}-${name}`);
   await page.screenshot({ path: `${base}-desktop.png`, fullPage: true });
   await page.setViewportSize(PHONE);
