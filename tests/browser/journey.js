@@ -133,7 +133,8 @@ async function setup(result) {
   await page.click('#user-add');
   await waitText('#people-added', /viewer1/);
   await page.fill('#token-name', 'homeassistant');
-  await page.fill('#token-scope', env('TOKEN_SCOPE'));
+  // The scope defaults to the DVR profile's MJPEG stream.
+  result.token_scope = await page.inputValue('#token-scope');
   await page.click('#token-add');
   result.token = (await waitText('#token-secret', /\S{20,}/)).trim();
   result.token_url = await page.textContent('#token-url');

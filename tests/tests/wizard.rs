@@ -148,7 +148,6 @@ fn a_browser_sets_up_a_fresh_camgate_and_an_unconfirmed_change_is_reverted() {
         ("PUBLIC_HOST", PUBLIC_HOST.to_owned()),
         ("ACME_DIRECTORY", pebble.directory()),
         ("ACME_CA", pebble.listener_ca().display().to_string()),
-        ("TOKEN_SCOPE", "/0/stream".to_owned()),
     ];
     let setup = journey(lan, "setup", &vars, dir.path());
     let text = |key: &str| setup[key].as_str().unwrap_or_default().to_owned();
@@ -162,6 +161,11 @@ fn a_browser_sets_up_a_fresh_camgate_and_an_unconfirmed_change_is_reverted() {
         "{setup:#}"
     );
     assert!(text("router_forwards").contains("TCP 443"), "{setup:#}");
+    assert_eq!(
+        text("token_scope"),
+        "/0/stream",
+        "motion's stream, by its profile"
+    );
     assert!(
         text("token_url").starts_with(&format!("https://{PUBLIC_HOST}/0/stream?token=")),
         "{setup:#}"

@@ -46,6 +46,8 @@ struct ProfileView {
     forwards: Vec<ForwardView>,
     /// Its split rules, for the wizard's preview table.
     rules: Vec<crate::proxy::profiles::RuleInWords>,
+    /// A first camera's MJPEG stream, for a token's ready URL.
+    stream_example: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -73,6 +75,7 @@ pub(super) async fn profiles() -> Response {
                 })
                 .collect(),
             rules: profile.rules_in_words(),
+            stream_example: profile.stream_example.as_deref(),
         })
         .collect();
     Json(views).into_response()

@@ -51,6 +51,8 @@ pub struct Profile {
     pub forwards: Vec<ProfileForward>,
     /// How [`crate::detect`] recognises the DVR on the network.
     pub detect: Vec<Fingerprint>,
+    /// A first camera's MJPEG stream (path and query), for a token's ready URL.
+    pub stream_example: Option<String>,
     rules: Vec<RawRule>,
 }
 
@@ -80,6 +82,7 @@ struct RawProfile {
     rules: Vec<RawRule>,
     #[serde(default)]
     detect: Vec<Fingerprint>,
+    stream_example: Option<String>,
 }
 
 static PROFILES: LazyLock<Vec<Profile>> = LazyLock::new(|| {
@@ -97,6 +100,7 @@ static PROFILES: LazyLock<Vec<Profile>> = LazyLock::new(|| {
                 case_insensitive: raw.case_insensitive.unwrap_or(raw.windows),
                 lenient_headers: raw.lenient_headers,
                 forwards: raw.forwards,
+                stream_example: raw.stream_example,
                 detect: raw.detect,
                 rules: raw.rules,
             }
