@@ -159,12 +159,14 @@ async function goStep(i) {
 for (const name of steps) {
   const form = stepForm(name);
   $('.back', form)?.addEventListener('click', () => goStep(steps.indexOf(name) - 1));
-  form.addEventListener('submit', (event) => {
+  form.addEventListener('submit', async (event) => {
     event.preventDefault();
-    busy(form, event.submitter, async () => {
+    await busy(form, event.submitter, async () => {
       await leave[name](form);
       if (name !== 'review') await goStep(steps.indexOf(name) + 1);
     });
+    // busy() re-enabled Apply: whether it may be used again follows the diff.
+    if (name === 'review') renderReview();
   });
 }
 
@@ -244,8 +246,7 @@ const enter = {
     $('#remote-gateway').textContent = location.hostname;
   },
   review() {
-    $('#review-diff').textContent = wizard.diff || 'Nothing to change.';
-    $('#apply').disabled = !wizard.diff;
+    renderReview();
     $('#confirm-box').hidden = true;
   },
 };
@@ -279,7 +280,6 @@ const leave = {
   async review(form) {
     const answer = await api('POST', '/api/config', { config: wizard.draft });
     wizard.diff = '';
-    $('#apply').disabled = true;
     if (answer.unconfirmed) {
       awaitConfirmation(form, answer.unconfirmed);
     } else {
@@ -288,6 +288,12 @@ const leave = {
     }
   },
 };
+
+// The review shows the draft's diff; Apply only when there is one.
+function renderReview() {
+  $('#review-diff').textContent = wizard.diff || 'Nothing to change.';
+  $('#apply').disabled = !wizard.diff;
+}
 
 $('#remote-challenge').addEventListener('change', () => enter.remote());
 
@@ -502,6 +508,8 @@ async function waitForRevert() {
       const config = await api('GET', '/api/config');
       if (!config.unconfirmed) {
         wizard.draft = config.config;
+        wizard.diff = '';
+        renderReview();
         $('#confirm-text').textContent = 'Not confirmed in time: camgate went back to the previous configuration.';
         return;
       }

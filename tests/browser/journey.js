@@ -232,6 +232,9 @@ async function revert(result) {
   result.confirm_text = await page.textContent('#confirm-text');
   await snap('unconfirmed');
   result.reverted_text = await waitText('#confirm-text', /went back to the previous configuration\.$/, 150000);
+  // Nothing is left to apply: the draft is the running configuration again.
+  result.reverted_diff = await page.textContent('#review-diff');
+  result.apply_disabled = await page.isDisabled('#apply');
   await snap('reverted');
   await page.click('#nav-dashboard');
   await visible('#view-dashboard');

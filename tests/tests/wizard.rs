@@ -259,6 +259,8 @@ fn a_browser_sets_up_a_fresh_camgate_and_an_unconfirmed_change_is_reverted() {
         reverted.contains("went back to the previous configuration"),
         "{revert:#}"
     );
+    assert_eq!(revert["reverted_diff"], "Nothing to change.", "{revert:#}");
+    assert_eq!(revert["apply_disabled"], true, "{revert:#}");
     let config_after = std::fs::read_to_string(&camgate.config_path).unwrap();
     assert_eq!(
         config_after, config,
