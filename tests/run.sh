@@ -17,7 +17,7 @@ fi
 # Peer programs and tools the tests run. Missing ones fail the tests, never skip them.
 packages=(iproute2 iputils-ping iputils-arping procps systemd curl openssl motion ffmpeg pebble coturn nftables python3 python3-venv dnsmasq-base udhcpc chrony
   chromium chromium-driver python3-selenium fonts-dejavu-core nodejs
-  python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly)
+  python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -19,13 +19,16 @@
 //! - [`acme`]: certificates from an ACME CA: orders, challenges, renewal.
 //! - [`forward`]: port forwards to the DVR (kernel or userspace) with the STUN guard; STUN responder.
 //! - [`firewall`]: the only code that talks to nftables (`table inet camgate`).
-//! - [`net`]: binding, and the hardened HTTP accept loop every listener uses.
+//! - [`streams`]: camera streams pulled once and re-served over RTSP.
+//! - [`backoff`]: reconnect delays with jitter.
+//! - [`net`]: binding, and the hardened accept loop every listener uses.
 //!
 //! See ARCHITECTURE.md at the repository root for the invariants.
 
 pub mod acme;
 pub mod admin;
 pub mod auth;
+pub mod backoff;
 pub mod cameras;
 pub mod cli;
 pub mod clock;
@@ -40,6 +43,7 @@ pub mod net;
 pub mod proxy;
 pub mod setup;
 pub mod shutdown;
+pub mod streams;
 pub mod telemetry;
 pub mod tls;
 

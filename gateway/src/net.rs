@@ -193,7 +193,49 @@ async fn accept_loop<M, S>(
 {
     let builder = Arc::new(server_builder(&limits));
     let make_service = Arc::new(make_service);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let caps = ConnectionCaps {
+        max_connections: limits.max_connections,
+        max_per_client: limits.max_per_client,
+    };
+    accept_each(listener, caps, &part.clone(), closed, |stream, client, local| {
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.write_timeout));
+        let connection = Connection {
+            stream: Box::pin(stream),
+            transport: transport.clone(),
+            builder: Arc::clone(&builder),
+            make_service: Arc::clone(&make_service),
+            client,
+            local,
+            part: part.clone(),
+        };
+        connection.run()
+    })
+    .await;
+}
+
+/// Caps on one listener's open connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionCaps {
+    pub max_connections: usize,
+    pub max_per_client: usize,
+}
+
+/// The accept loop under every listener: caps overall and per client
+/// address (over them a connection is closed at once), accept errors that
+/// never end the loop, a span per connection, and the drain: stops
+/// accepting when `part` stops, then reports the socket closed.
+async fn accept_each<C, F>(
+    listener: tokio::net::TcpListener,
+    caps: ConnectionCaps,
+    part: &Drain,
+    closed: oneshot::Sender<()>,
+    connection: C,
+) where
+    C: Fn(tokio::net::TcpStream, SocketAddr, SocketAddr) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(caps.max_connections));
     let per_client = Arc::new(ClientCounts::default());
     loop {
         let (stream, client) = tokio::select! {
@@ -207,29 +249,19 @@ async fn accept_loop<M, S>(
             },
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(client.addr = %client, limit = limits.max_connections, "connection limit reached; closing");
+            tracing::warn!(client.addr = %client, limit = caps.max_connections, "connection limit reached; closing");
             continue;
         };
-        let Some(client_slot) = ClientCounts::acquire(&per_client, client.ip(), limits.max_per_client) else {
-            tracing::warn!(client.addr = %client, limit = limits.max_per_client, "per-client connection limit reached; closing");
+        let Some(client_slot) = ClientCounts::acquire(&per_client, client.ip(), caps.max_per_client) else {
+            tracing::warn!(client.addr = %client, limit = caps.max_per_client, "per-client connection limit reached; closing");
             continue;
         };
         let Ok(local) = stream.local_addr() else { continue };
         let _ = stream.set_nodelay(true);
-        let mut stream = TimeoutStream::new(stream);
-        stream.set_write_timeout(Some(limits.write_timeout));
-        let connection = Connection {
-            stream: Box::pin(stream),
-            transport: transport.clone(),
-            builder: Arc::clone(&builder),
-            make_service: Arc::clone(&make_service),
-            client,
-            local,
-            part: part.clone(),
-        };
+        let serve = connection(stream, client, local);
         part.spawn(
             async move {
-                connection.run().await;
+                serve.await;
                 drop((slot, client_slot));
             }
             .instrument(tracing::info_span!("conn", client.addr = %client)),
@@ -237,6 +269,38 @@ async fn accept_loop<M, S>(
     }
     drop(listener);
     let _ = closed.send(());
+}
+
+/// Serves a protocol other than HTTP on `listener` with the same accept
+/// loop: `connection(stream, client, local, part)` per connection, where
+/// `part` starts draining when the listener or the daemon stops.
+pub fn serve_tcp<C, F>(
+    listener: tokio::net::TcpListener,
+    caps: ConnectionCaps,
+    connection: C,
+    drain: &Drain,
+) -> std::io::Result<Serving>
+where
+    C: Fn(tokio::net::TcpStream, SocketAddr, SocketAddr, Drain) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let local = listener.local_addr()?;
+    let part = drain.child();
+    let (closed_tx, closed) = oneshot::channel();
+    let accept_part = part.clone();
+    let accept = async move {
+        let connection_part = accept_part.clone();
+        accept_each(
+            listener,
+            caps,
+            &accept_part,
+            closed_tx,
+            |stream, client, local| connection(stream, client, local, connection_part.clone()),
+        )
+        .await;
+    };
+    part.spawn(accept.instrument(tracing::info_span!("listener", server.addr = %local)));
+    Ok(Serving { local, part, closed })
 }
 
 type ClientStream = Pin<Box<TimeoutStream<tokio::net::TcpStream>>>;

@@ -66,6 +66,8 @@ pub struct AppState {
     pub forwards: Arc<crate::forward::ForwardStatusSource>,
     /// The camera segment: leases and what cameras asked DNS.
     pub cameras: Arc<crate::cameras::CameraReport>,
+    /// The camera streams camgate relays.
+    pub streams: Arc<crate::streams::StreamStatusSource>,
     /// Setup mode's claim: the setup code makes the first admin.
     pub claims: Arc<claim::Claims>,
     /// Whole configs from the admin API, confirmed or reverted.
@@ -95,6 +97,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events", get(list_events))
         .route("/api/cameras", get(list_cameras))
         .route("/api/cameras/discover", post(discover_cameras))
+        .route("/api/streams", get(list_streams))
         .route(
             "/api/cameras/rtsp-test",
             post(wizard::test_rtsp).layer(DefaultBodyLimit::max(claim::MAX_BODY_BYTES)),
@@ -306,6 +309,10 @@ async fn list_cameras(State(state): State<AppState>) -> Response {
             api_error(StatusCode::INTERNAL_SERVER_ERROR, "camera list unavailable")
         }
     }
+}
+
+async fn list_streams(State(state): State<AppState>) -> Json<Vec<crate::streams::StreamStatus>> {
+    Json(state.streams.snapshot())
 }
 
 /// An ONVIF discovery on the camera segment (a few seconds); the devices

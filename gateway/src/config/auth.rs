@@ -8,6 +8,7 @@ use toml::Spanned;
 use super::error::Problem;
 use super::proxy::{Principals, Site, identifier};
 use super::raw::{RawAuth, RawToken, RawUser};
+use super::streams::STREAMS_SITE;
 use super::validate::optional_duration;
 use crate::auth::{GuardSettings, PasswordDigest, Role, ScopeEntry, SessionSettings, Token, User, token};
 
@@ -75,17 +76,24 @@ pub(super) fn tokens(raw: Vec<RawToken>, sites: &[Site]) -> Result<Vec<Token>, P
                     "another token has the same secret",
                 ));
             }
-            let site = sites
-                .iter()
-                .find(|s| s.name == *raw.site.get_ref())
-                .ok_or_else(|| {
-                    Problem::new(
-                        raw.site.span(),
-                        key("site"),
-                        format!("no [[site]] is named {:?}", raw.site.get_ref()),
-                    )
-                })?;
-            let rule_names: BTreeSet<&str> = site.rules.rules.iter().map(|r| r.name.as_str()).collect();
+            // The restream's tokens name no [[site]]: their scopes are
+            // stream paths (`/<camera>/<stream>` globs), case-sensitive.
+            let streams = raw.site.get_ref() == STREAMS_SITE;
+            let site = sites.iter().find(|s| s.name == *raw.site.get_ref());
+            if site.is_none() && !streams {
+                return Err(Problem::new(
+                    raw.site.span(),
+                    key("site"),
+                    format!(
+                        "no [[site]] is named {:?} (\"{STREAMS_SITE}\" is the cameras' restream)",
+                        raw.site.get_ref()
+                    ),
+                ));
+            }
+            let rule_names: BTreeSet<&str> = site
+                .map(|site| site.rules.rules.iter().map(|r| r.name.as_str()).collect())
+                .unwrap_or_default();
+            let case_insensitive = site.is_some_and(|site| site.rules.case_insensitive);
             if raw.scope.get_ref().is_empty() {
                 return Err(Problem::new(
                     raw.scope.span(),
@@ -100,14 +108,13 @@ pub(super) fn tokens(raw: Vec<RawToken>, sites: &[Site]) -> Result<Vec<Token>, P
                 .enumerate()
                 .map(|(j, entry)| {
                     let problem = |why: String| Problem::new(entry.span(), key(&format!("scope[{j}]")), why);
-                    let parsed =
-                        ScopeEntry::parse(entry.get_ref(), site.rules.case_insensitive).map_err(problem)?;
+                    let parsed = ScopeEntry::parse(entry.get_ref(), case_insensitive).map_err(problem)?;
                     if let ScopeEntry::Rule(rule) = &parsed
                         && !rule_names.contains(rule.as_str())
                     {
                         return Err(problem(format!(
                             "site {:?} has no rule named {rule:?}",
-                            site.name
+                            raw.site.get_ref()
                         )));
                     }
                     Ok(parsed)
@@ -129,7 +136,7 @@ pub(super) fn tokens(raw: Vec<RawToken>, sites: &[Site]) -> Result<Vec<Token>, P
             Ok(Token {
                 name,
                 digest,
-                site: site.name.clone(),
+                site: raw.site.get_ref().clone(),
                 scope,
                 expires,
             })

@@ -476,12 +476,14 @@ pub(super) fn check_listener_clashes(
     forwarding: &Forwarding,
     admin: &Admin,
     proxy: &Proxy,
+    streams: &[SocketAddr],
 ) -> Result<(), Problem> {
     let listeners = admin
         .listen
         .iter()
         .chain(&proxy.https_listen)
-        .chain(&proxy.http_listen);
+        .chain(&proxy.http_listen)
+        .chain(streams);
     for listener in listeners {
         let clash = forwarding.forwards.iter().find(|f| {
             f.protocol == Protocol::Tcp

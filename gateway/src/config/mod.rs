@@ -19,6 +19,7 @@ pub mod network;
 pub mod proxy;
 pub(crate) mod raw;
 pub mod store;
+pub mod streams;
 mod validate;
 
 use std::io::{ErrorKind, Read};

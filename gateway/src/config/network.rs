@@ -79,7 +79,7 @@ impl Cameras {
 pub(super) fn network(
     raw: Option<RawNetwork>,
     cameras: Option<RawCameras>,
-    known: Vec<RawCamera>,
+    known: &[RawCamera],
     forwarding: &Forwarding,
 ) -> Result<Option<Network>, Problem> {
     if cameras.is_none()
@@ -160,7 +160,7 @@ pub(super) fn network(
 
 fn cameras(
     raw: RawCameras,
-    known: Vec<RawCamera>,
+    known: &[RawCamera],
     uplink: &Spanned<String>,
     wan: Option<&Spanned<String>>,
 ) -> Result<Cameras, Problem> {
@@ -259,10 +259,10 @@ fn cameras(
     })
 }
 
-fn known_cameras(raw: Vec<RawCamera>, camgate: Ipv4Net) -> Result<Vec<KnownCamera>, Problem> {
+fn known_cameras(raw: &[RawCamera], camgate: Ipv4Net) -> Result<Vec<KnownCamera>, Problem> {
     let subnet = camgate.trunc();
     let mut known: Vec<KnownCamera> = Vec::new();
-    for (i, camera) in raw.into_iter().enumerate() {
+    for (i, camera) in raw.iter().enumerate() {
         let key = |field: &str| format!("camera[{i}].{field}");
         super::proxy::identifier(camera.name.get_ref(), camera.name.span(), &key("name"), "camera")?;
         let mac = camera.mac.get_ref().to_ascii_lowercase();
@@ -297,7 +297,7 @@ fn known_cameras(raw: Vec<RawCamera>, camgate: Ipv4Net) -> Result<Vec<KnownCamer
                 format!("{address} is not a free host address of the camera subnet {subnet}"),
             ));
         }
-        let name = camera.name.into_inner();
+        let name = camera.name.get_ref().clone();
         if let Some(other) = known
             .iter()
             .find(|k| k.name == name || k.mac == mac || k.address == address)
@@ -311,11 +311,11 @@ fn known_cameras(raw: Vec<RawCamera>, camgate: Ipv4Net) -> Result<Vec<KnownCamer
                 ),
             ));
         }
-        let login = match (camera.username, camera.password) {
+        let login = match (&camera.username, &camera.password) {
             (None, None) => None,
             (Some(username), Some(password)) => Some(CameraLogin {
-                username: username.into_inner(),
-                password: password.into_inner(),
+                username: username.get_ref().clone(),
+                password: password.get_ref().clone(),
             }),
             (Some(given), None) | (None, Some(given)) => {
                 return Err(Problem::new(

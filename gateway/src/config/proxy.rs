@@ -191,12 +191,17 @@ pub(super) fn sites(
         let key = |field: &str| format!("site[{index}].{field}");
         let name = raw.name.get_ref().clone();
         identifier(&name, raw.name.span(), &key("name"), "site")?;
-        if name == crate::auth::session::ADMIN_SITE {
-            return Err(Problem::new(
-                raw.name.span(),
-                key("name"),
-                "\"admin\" is camgate's own admin interface: name the site after the DVR",
-            ));
+        for (reserved, what) in [
+            (crate::auth::session::ADMIN_SITE, "camgate's own admin interface"),
+            (super::streams::STREAMS_SITE, "camgate's restream of the cameras"),
+        ] {
+            if name == reserved {
+                return Err(Problem::new(
+                    raw.name.span(),
+                    key("name"),
+                    format!("{reserved:?} is {what}: name the site after the DVR"),
+                ));
+            }
         }
         if let Some(first) = names.insert(name.clone(), index) {
             return Err(Problem::new(

@@ -37,6 +37,8 @@ pub(super) struct RawConfig {
     pub(super) cameras: Option<RawCameras>,
     #[serde(default, rename = "camera")]
     pub(super) camera_list: Vec<RawCamera>,
+    #[serde(default)]
+    pub(super) streams: RawStreams,
 }
 
 /// `[[forward]]`: ports forwarded 1:1 to a host (the DVR's STUN/TURN).
@@ -306,7 +308,36 @@ pub(super) struct RawCamera {
     pub(super) mac: Spanned<String>,
     /// Its address in the camera subnet, leased to that MAC only.
     pub(super) address: Spanned<String>,
-    /// The camera's own ONVIF login, for reading its stream URLs.
+    /// The camera's own login (ONVIF and RTSP).
     pub(super) username: Option<Spanned<String>>,
     pub(super) password: Option<Spanned<String>>,
+    /// By name: `main = "/stream1"` (a path on the camera's address, port
+    /// 554) or a whole `rtsp://` URL on the camera's address.
+    pub(super) streams: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    /// Pull the streams all the time, not only while someone reads them.
+    /// Default false.
+    pub(super) always_on: Option<Spanned<bool>>,
+    /// `"tcp"` (default, interleaved) or `"udp"` (LAN only: no reordering).
+    pub(super) rtsp_transport: Option<Spanned<String>>,
+    /// Workarounds for the camera's RTSP bugs (see `config::streams::Quirk`).
+    pub(super) rtsp_quirks: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[streams]`: the cameras' streams re-served to the LAN over RTSP.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [streams] table")]
+pub(super) struct RawStreams {
+    /// Default `["0.0.0.0:8554"]` (dev `["127.0.0.1:8554"]`); bound only
+    /// when some camera has streams.
+    pub(super) listen: Option<Spanned<Vec<Spanned<String>>>>,
+    /// An on-demand stream stops this long after its last reader. Default `"10s"`.
+    pub(super) close_after: Option<Spanned<String>>,
+    /// Opening a camera, up to its first key frame, may take this long. Default `"20s"`.
+    pub(super) open_timeout: Option<Spanned<String>>,
+    /// camgate users who may read the streams: names, or `"*"` (default).
+    pub(super) users: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Tokens (`site = "streams"`) that may read them: names, or `"*"` (default).
+    pub(super) tokens: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Readers of one stream at most. Default 32.
+    pub(super) max_readers: Option<Spanned<u32>>,
 }

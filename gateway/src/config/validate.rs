@@ -18,6 +18,7 @@ use super::forward::{self, Forwarding};
 use super::network::{self, Network};
 use super::proxy::{self, Proxy, Site};
 use super::raw::{RawAdmin, RawConfig, RawDaemon};
+use super::streams::{self, Streams};
 
 /// The longest graceful stop we accept; systemd's `TimeoutStopSec` in
 /// camgate.service must stay above it.
@@ -56,6 +57,7 @@ pub struct Config {
     pub forwarding: Forwarding,
     /// `None`: no interface roles; camgate isolates nothing.
     pub network: Option<Network>,
+    pub streams: Streams,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -107,8 +109,9 @@ pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, P
     let guard = auth::guard(raw.auth)?;
     let acme = acme::acme(raw.acme, &proxy, &sites)?;
     let forwarding = forward::forwarding(raw.forwards, raw.forwarding, &sites, mode)?;
-    forward::check_listener_clashes(&forwarding, &admin, &proxy)?;
-    let network = network::network(raw.network, raw.cameras, raw.camera_list, &forwarding)?;
+    let network = network::network(raw.network, raw.cameras, &raw.camera_list, &forwarding)?;
+    let streams = streams::streams(raw.streams, &raw.camera_list, network.as_ref(), &principals, mode)?;
+    forward::check_listener_clashes(&forwarding, &admin, &proxy, &streams.listen)?;
     let config = Config {
         daemon,
         admin,
@@ -123,6 +126,7 @@ pub(super) fn validate(raw: RawConfig, overrides: Overrides) -> Result<Config, P
         acme,
         forwarding,
         network,
+        streams,
     };
     check_listener_clashes(&config)?;
     Ok(config)
@@ -135,6 +139,7 @@ fn check_listener_clashes(config: &Config) -> Result<(), Problem> {
         ("admin.listen", &config.admin.listen),
         ("proxy.https_listen", &config.proxy.https_listen),
         ("proxy.http_listen", &config.proxy.http_listen),
+        ("streams.listen", &config.streams.listen),
     ]
     .into_iter()
     .flat_map(|(key, list)| list.iter().map(move |&address| (key, address)))

@@ -34,6 +34,7 @@ use crate::net::{self, ListenError};
 use crate::proxy::server::{self, ProxyError, ProxyServer};
 use crate::setup;
 use crate::shutdown::Drain;
+use crate::streams::{RetinaOpener, StreamService};
 use crate::telemetry::LogControl;
 use crate::tls::{self, CertResolver, CertTable, TlsError};
 
@@ -224,6 +225,7 @@ pub struct Daemon {
     acme: AcmeService,
     forwards: ForwardService,
     cameras: CameraService,
+    streams: StreamService,
     auth: Arc<AuthShared>,
     status: watch::Sender<DaemonStatus>,
     metrics: Arc<Metrics>,
@@ -297,6 +299,7 @@ impl Daemon {
         if config.manages_system() {
             crate::firewall::nflog::spawn(cameras.report(), &drain);
         }
+        let streams = StreamService::start(&config, &auth, Arc::new(RetinaOpener::default()), &drain)?;
         let (reload_handle, reload_requests) = mpsc::channel(4);
         let reload_handle = ReloadHandle(reload_handle);
         let store = Arc::new(ConfigStore::new(source.path.clone(), source.overrides));
@@ -317,6 +320,7 @@ impl Daemon {
             acme: acme.host_status(),
             forwards: forwards.status_source(),
             cameras: cameras.report(),
+            streams: streams.status_source(),
             claims: Arc::new(claims),
             applier: Arc::new(applier),
         });
@@ -358,6 +362,7 @@ impl Daemon {
             acme,
             forwards,
             cameras,
+            streams,
             auth,
             status,
             metrics,
@@ -445,6 +450,7 @@ impl Daemon {
         let proxy = self.proxy.prepare(&new)?;
         let acme = self.acme.prepare(&new)?;
         let mut forwards = self.forwards.prepare(&new)?;
+        let streams = self.streams.prepare(&new)?;
 
         // Commit. The firewall first: it is the one step that can fail, and
         // nothing else has changed yet when it does.
@@ -455,6 +461,7 @@ impl Daemon {
         self.acme.commit(acme);
         self.forwards.commit(forwards, &self.drain);
         self.cameras.configure(&new, &self.drain);
+        self.streams.commit(streams, &self.drain).await;
         self.log.apply(&new.daemon.log);
         self.running.send_replace(Arc::new(new.clone()));
         self.config = new;
@@ -489,6 +496,7 @@ impl Daemon {
             self.forwards.firewall().status(),
             self.forwards.status(),
             self.cameras.status(),
+            self.streams.status(),
         ];
         if !self.config.manages_system() {
             subsystems.push(SubsystemStatus {

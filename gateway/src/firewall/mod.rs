@@ -347,15 +347,17 @@ fn isolation(network: &Network, config: &Config, backend: &dyn Backend) -> Resul
             });
         }
     }
-    let mut admin_ports: Vec<u16> = config
+    // The admin listener and the restream: the home LAN's only.
+    let mut lan_ports: Vec<u16> = config
         .admin
         .listen
         .iter()
+        .chain(&config.streams.listen)
         .filter(|address| !address.ip().is_loopback())
         .map(std::net::SocketAddr::port)
         .collect();
-    admin_ports.sort_unstable();
-    admin_ports.dedup();
+    lan_ports.sort_unstable();
+    lan_ports.dedup();
     Ok(Isolation {
         uplink: network.uplink.clone(),
         wan: network.wan.clone(),
@@ -364,7 +366,7 @@ fn isolation(network: &Network, config: &Config, backend: &dyn Backend) -> Resul
             .lan
             .clone()
             .unwrap_or_else(|| admin_lan(&network.uplink, uplink_subnets)),
-        admin_ports,
+        lan_ports,
         cameras: network.cameras.clone(),
     })
 }

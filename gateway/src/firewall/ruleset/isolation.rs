@@ -3,8 +3,8 @@
 //!
 //! - `input` (the table's, after its ban rules): packets from the camera NIC
 //!   go to `camera-in` (camgate's DHCP, DNS and NTP, discovery replies and
-//!   ping; nothing else); the admin listener's ports go to `admin-in` (the
-//!   uplink's LAN ranges only).
+//!   ping; nothing else); the admin listener's and the restream's ports go
+//!   to `admin-in` (the uplink's LAN ranges only).
 //! - `forward` (the forwards' chain, policy drop): anything leaving by the
 //!   camera NIC goes to `to-cameras` (DVR hosts, from the uplink, to the
 //!   camera ports, checked on every packet so a removed DVR loses an open
@@ -72,8 +72,9 @@ pub struct Isolation {
     /// (the proxy, userspace forwards, the STUN responder).
     pub wan_open: Vec<(Protocol, PortRange)>,
     pub lan: Vec<IpNet>,
-    /// The admin listener's ports on non-loopback addresses.
-    pub admin_ports: Vec<u16>,
+    /// The admin listener's and the restream's (RTSP) ports on
+    /// non-loopback addresses: loopback and the home LAN only.
+    pub lan_ports: Vec<u16>,
     pub cameras: Option<Cameras>,
 }
 
@@ -138,11 +139,11 @@ pub(super) fn add_front(batch: &mut Batch<'static>, isolation: &Isolation) {
     if let Some(wan) = &isolation.wan {
         wan_in(batch, wan, &isolation.wan_open);
     }
-    if !isolation.admin_ports.is_empty() {
+    if !isolation.lan_ports.is_empty() {
         batch.add(rule(
             INPUT,
             vec![
-                equals(field("tcp", "dport"), ports(&isolation.admin_ports)),
+                equals(field("tcp", "dport"), ports(&isolation.lan_ports)),
                 jump(ADMIN_IN),
             ],
         ));
@@ -621,7 +622,7 @@ mod tests {
             wan: None,
             wan_open: Vec::new(),
             lan: vec!["192.168.1.0/24".parse().unwrap(), "fd00:1::/64".parse().unwrap()],
-            admin_ports: vec![8080],
+            lan_ports: vec![8080],
             cameras: Some(Cameras {
                 parent: "cam0".to_owned(),
                 vlan: None,
@@ -789,7 +790,7 @@ mod tests {
     fn without_cameras_only_the_admin_rules_and_ban_sets() {
         let commands = commands(&Isolation {
             cameras: None,
-            admin_ports: vec![],
+            lan_ports: vec![],
             ..isolation()
         });
         assert!(rules_of(&commands, "camera-in").is_empty());

@@ -1,0 +1,338 @@
+//! The restream: camgate pulls each camera stream once and re-serves it
+//! over RTSP to the LAN, with real cameras (gst-rtsp-server,
+//! `tests/peers/rtsp_camera.py`) and real readers (ffprobe, ffmpeg).
+//!
+//! ```text
+//!  lan switch ── camgate uplink 192.168.77.2 (RTSP :8554, admin :8080)
+//!             ├── dvr   192.168.77.50 (the readers)
+//!  home 192.168.77.254 ── wan 203.0.113.2 (routes to camgate via home)
+//!  camgate cameras NIC 10.77.0.1 ── cam 10.77.0.11: :554 /stream1 (H.264 + G.711, Digest),
+//!                                                   :8554 /sub (H.265 + AAC, Digest)
+//! ```
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use camgate_tests::camgate::{Camgate, Launch};
+use camgate_tests::lab::{basic, hash_password};
+use camgate_tests::netns::{Netns, Topology, switch_port};
+use camgate_tests::process::{Peer, require_binary, wait_until};
+use camgate_tests::rtsp_camera;
+
+const CAMERA: &str = "10.77.0.11";
+const RESTREAM: &str = "192.168.77.2:8554";
+const ADMIN_PASSWORD: &str = "admin pass";
+
+fn topology(tag: &str) -> Topology {
+    Topology::builder(tag)
+        .switch(
+            "lansw",
+            &[
+                ("gw", "192.168.77.2/24"),
+                ("dvr", "192.168.77.50/24"),
+                ("home", "192.168.77.254/24"),
+            ],
+        )
+        // camgate replaces this placeholder with `cameras.address`.
+        .switch(
+            "camsw",
+            &[("gw", "10.77.0.254/24"), ("cam", &format!("{CAMERA}/24"))],
+        )
+        .link(("home", "203.0.113.1/24"), ("wan", "203.0.113.2/24"))
+        .route("wan", "default", "203.0.113.1")
+        .route("gw", "default", "192.168.77.254")
+        .route("dvr", "default", "192.168.77.254")
+        .route("cam", "default", "10.77.0.1")
+        .sysctl("home", "net.ipv4.ip_forward", "1")
+        .build()
+}
+
+fn camera_mac(ns: &Netns) -> String {
+    let link: serde_json::Value = serde_json::from_slice(
+        &ns.ip(&["-j", "link", "show", "dev", &switch_port("camsw")])
+            .stdout,
+    )
+    .unwrap();
+    link[0]["address"].as_str().unwrap().to_owned()
+}
+
+/// `camgate token create` for the restream, as a user would: the config
+/// lines and the secret.
+fn stream_token(dir: &Path, name: &str, scope: &str) -> (String, String) {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, "[daemon]\nmode = \"dev\"\n").unwrap();
+    let created = Command::new(camgate_tests::camgate::binary())
+        .args([
+            "token", "create", name, "--site", "streams", "--scope", scope, "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let secret = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let written = std::fs::read_to_string(&path).unwrap();
+    (
+        written
+            .strip_prefix("[daemon]\nmode = \"dev\"\n")
+            .unwrap()
+            .to_owned(),
+        secret,
+    )
+}
+
+fn config(state: &Path, cam: &Netns, extra: &str) -> String {
+    let alice = hash_password("correct horse");
+    let root = hash_password(ADMIN_PASSWORD);
+    format!(
+        "[daemon]\nmode = \"appliance\"\nstate_dir = \"{state}\"\nlog = \"info,camgate=debug\"\n\
+         [admin]\nlisten = [\"0.0.0.0:8080\"]\n\
+         [[user]]\nname = \"alice\"\npassword_hash = \"{alice}\"\n\
+         [[user]]\nname = \"root\"\npassword_hash = \"{root}\"\nrole = \"admin\"\n\
+         [network]\nuplink = \"{uplink}\"\n\
+         [cameras]\ninterface = \"{cameras}\"\naddress = \"10.77.0.1/24\"\n\
+         [[camera]]\nname = \"porch\"\nmac = \"{mac}\"\naddress = \"{CAMERA}\"\nusername = \"admin\"\npassword = \"s3cret\"\n\
+         streams = {{ main = \"/stream1\", sub = \"rtsp://{CAMERA}:8554/sub\" }}\n\
+         [streams]\nclose_after = \"3s\"\n{extra}",
+        state = state.display(),
+        uplink = switch_port("lansw"),
+        cameras = switch_port("camsw"),
+        mac = camera_mac(cam),
+    )
+}
+
+fn start_camgate(gw: &Netns, config: String) -> Camgate {
+    Camgate::start(Launch {
+        netns: Some(gw),
+        config: Some(config),
+        env: Vec::new(),
+        appliance_setup: false,
+    })
+}
+
+/// `GET /api/streams` as the admin.
+fn streams(gw: &Netns) -> serde_json::Value {
+    let admin = basic("root", ADMIN_PASSWORD);
+    let authorization = admin.trim_start_matches("Authorization: ").trim_end();
+    let reply = camgate_tests::http::request(
+        gw,
+        "GET",
+        "http://127.0.0.1:8080/api/streams",
+        &[("Authorization", authorization)],
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()
+}
+
+fn stream<'a>(all: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["path"] == path)
+        .unwrap_or_else(|| panic!("no {path} in {all}"))
+}
+
+/// ffprobe reading `seconds` of `url`: per stream, its codec, size and
+/// packets read.
+fn probe(ns: &Netns, dir: &Path, name: &str, url: &str, seconds: u32) -> Peer {
+    let mut command = ns.command(require_binary("ffprobe", "ffmpeg"));
+    command.args([
+        "-v",
+        "error",
+        "-rtsp_transport",
+        "tcp",
+        "-count_packets",
+        "-read_intervals",
+        &format!("%+{seconds}"),
+        "-show_entries",
+        "stream=codec_name,codec_type,width,height,sample_rate,nb_read_packets",
+        "-of",
+        "json",
+        url,
+    ]);
+    Peer::spawn(name, command, dir)
+}
+
+fn probed(mut peer: Peer, deadline: Duration) -> Vec<serde_json::Value> {
+    let status = peer.wait_exit(deadline);
+    assert!(status.success(), "ffprobe failed: {}", peer.stderr());
+    let out: serde_json::Value = serde_json::from_str(&peer.stdout()).unwrap();
+    out["streams"].as_array().unwrap().clone()
+}
+
+fn packets(stream: &serde_json::Value) -> u64 {
+    stream["nb_read_packets"].as_str().unwrap().parse().unwrap()
+}
+
+fn url(user: &str, password: &str, path: &str) -> String {
+    let encode =
+        |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+    format!("rtsp://{}:{}@{RESTREAM}{path}", encode(user), encode(password))
+}
+
+#[test]
+fn ten_readers_share_one_camera_session_with_the_right_codecs() {
+    let net = topology("strm");
+    let (gw, cam, dvr, wan) = (net.ns("gw"), net.ns("cam"), net.ns("dvr"), net.ns("wan"));
+    let dir = tempfile::tempdir().unwrap();
+    let main_camera = rtsp_camera::start(
+        cam,
+        CAMERA,
+        dir.path(),
+        "camera-main",
+        "--port 554 --path /stream1 --auth digest --user admin --password s3cret --width 640 --height 360 --fps 15 --audio pcma",
+    );
+    let sub_camera = rtsp_camera::start(
+        cam,
+        CAMERA,
+        dir.path(),
+        "camera-sub",
+        "--port 8554 --path /sub --auth digest --user admin --password s3cret --video h265 --width 320 --height 240 --fps 10 --audio aac",
+    );
+    let (token_lines, token) = stream_token(dir.path(), "nvr", "/porch/main");
+    let mut camgate = start_camgate(gw, config(&dir.path().join("state"), cam, &token_lines));
+
+    let before = streams(gw);
+    let main = stream(&before, "/porch/main");
+    assert_eq!(main["state"], "idle", "on demand: nobody reads yet: {main}");
+    assert_eq!(rtsp_camera::connections_total(&main_camera), 0);
+
+    // Ten DVR readers at once, five with alice's password, five with the
+    // token.
+    let started = Instant::now();
+    let readers: Vec<Peer> = (0..10)
+        .map(|i| {
+            let url = if i % 2 == 0 {
+                url("alice", "correct horse", "/porch/main")
+            } else {
+                url("nvr", &token, "/porch/main")
+            };
+            probe(dvr, dir.path(), &format!("reader-{i}"), &url, 4)
+        })
+        .collect();
+    for (i, reader) in readers.into_iter().enumerate() {
+        let streams = probed(reader, Duration::from_secs(60));
+        eprintln!("reader {i}: {streams:?}");
+        assert_eq!(streams.len(), 2, "{streams:?}");
+        let (video, audio) = (&streams[0], &streams[1]);
+        assert_eq!(
+            (
+                video["codec_name"].as_str(),
+                video["width"].as_u64(),
+                video["height"].as_u64()
+            ),
+            (Some("h264"), Some(640), Some(360))
+        );
+        assert!(
+            packets(video) >= 30,
+            "reader {i} got {} video frames",
+            packets(video)
+        );
+        assert_eq!(
+            (audio["codec_name"].as_str(), audio["sample_rate"].as_str()),
+            (Some("pcm_alaw"), Some("8000"))
+        );
+        // The camera sends G.711 in packets of about 125 ms.
+        assert!(
+            packets(audio) >= 20,
+            "reader {i} got {} audio frames",
+            packets(audio)
+        );
+    }
+    eprintln!("ten readers in {:?}", started.elapsed());
+    assert_eq!(
+        rtsp_camera::sessions_total(&main_camera),
+        1,
+        "the camera saw one session: {}",
+        main_camera.stdout()
+    );
+
+    let after = streams(gw);
+    let main = stream(&after, "/porch/main");
+    eprintln!("{main:#}");
+    assert_eq!(main["state"], "playing");
+    assert_eq!(main["tracks"][0]["codec"], "H.264");
+    assert_eq!(
+        (
+            main["tracks"][0]["width"].as_u64(),
+            main["tracks"][0]["height"].as_u64()
+        ),
+        (Some(640), Some(360))
+    );
+    assert_eq!(main["tracks"][1]["codec"], "PCMA");
+    assert!(main["frames"].as_u64().unwrap() >= 60, "{main}");
+    assert_eq!(main["camera_sessions"], 1);
+
+    // The second stream: H.265 and AAC.
+    let sub = probed(
+        probe(
+            dvr,
+            dir.path(),
+            "reader-sub",
+            &url("alice", "correct horse", "/porch/sub"),
+            3,
+        ),
+        Duration::from_secs(60),
+    );
+    eprintln!("sub: {sub:?}");
+    assert_eq!(
+        (
+            sub[0]["codec_name"].as_str(),
+            sub[0]["width"].as_u64(),
+            sub[0]["height"].as_u64()
+        ),
+        (Some("hevc"), Some(320), Some(240))
+    );
+    assert!(packets(&sub[0]) >= 15, "{sub:?}");
+    assert_eq!(
+        (sub[1]["codec_name"].as_str(), sub[1]["sample_rate"].as_str()),
+        (Some("aac"), Some("16000"))
+    );
+    assert!(packets(&sub[1]) >= 20, "{sub:?}");
+    assert_eq!(rtsp_camera::sessions_total(&sub_camera), 1);
+
+    // No login, a wrong one, and a token outside its scope: refused.
+    for (name, url, expected) in [
+        ("anonymous", format!("rtsp://{RESTREAM}/porch/main"), "401"),
+        ("wrong", url("alice", "wrong horse", "/porch/main"), "401"),
+        ("out-of-scope", url("nvr", &token, "/porch/sub"), "403"),
+        (
+            "no-such-stream",
+            url("alice", "correct horse", "/porch/side"),
+            "404",
+        ),
+    ] {
+        let mut refused = probe(dvr, dir.path(), name, &url, 1);
+        let status = refused.wait_exit(Duration::from_secs(30));
+        assert!(!status.success(), "{name} was let in");
+        assert!(
+            refused.stderr().contains(expected),
+            "{name}: {}",
+            refused.stderr()
+        );
+    }
+
+    // The restream is the LAN's: the WAN does not reach it, and neither
+    // does a camera.
+    for (ns, who) in [(wan, "the WAN"), (cam, "a camera")] {
+        let reached = ns.run(|| {
+            std::net::TcpStream::connect_timeout(&RESTREAM.parse().unwrap(), Duration::from_secs(2)).is_ok()
+        });
+        assert!(!reached, "{who} reached the restream");
+    }
+
+    // With no reader left, the camera is let go after `close_after`.
+    wait_until(
+        "the main camera session to close",
+        Duration::from_secs(30),
+        || (rtsp_camera::sessions_now(&main_camera) == 0).then_some(()),
+    );
+    assert_eq!(stream(&streams(gw), "/porch/main")["state"], "idle");
+    camgate.signal(nix::sys::signal::Signal::SIGTERM);
+    camgate.wait_exit(Duration::from_secs(20));
+}
