@@ -200,6 +200,20 @@ impl Hub {
         self.info.borrow().clone()
     }
 
+    /// Waits up to `timeout` for the source to play (a lease starts it, on
+    /// demand), then gives its tracks; `None` if it did not.
+    pub async fn playing(&self, timeout: std::time::Duration) -> Option<Arc<StreamInfo>> {
+        let mut state = self.state();
+        let playing = tokio::time::timeout(
+            timeout,
+            state.wait_for(|s| matches!(s, SourceState::Playing { .. })),
+        );
+        match playing.await {
+            Ok(Ok(_)) => self.info(),
+            _ => None,
+        }
+    }
+
     pub(super) fn set_state(&self, state: SourceState) {
         if let SourceState::Backoff { error, .. } = &state {
             self.lock().last_error = Some(error.clone());

@@ -203,7 +203,8 @@ impl StreamService {
             })
             .collect();
         entries.sort_by_key(|e| e.source.path());
-        self.status.set(entries, Arc::clone(&self.opener));
+        self.status
+            .set(entries, Arc::clone(&self.opener), streams.open_timeout);
     }
 
     pub fn status_source(&self) -> Arc<StreamStatusSource> {
@@ -266,6 +267,7 @@ struct StatusEntries {
     streams: Vec<StreamEntry>,
     /// Counts the camera sessions.
     opener: Option<Arc<dyn CameraOpener>>,
+    open_timeout: std::time::Duration,
 }
 
 /// One stream as `/api/streams` shows it.
@@ -306,16 +308,40 @@ pub struct TrackStatus {
 }
 
 impl StreamStatusSource {
-    fn set(&self, entries: Vec<StreamEntry>, opener: Arc<dyn CameraOpener>) {
+    fn set(
+        &self,
+        entries: Vec<StreamEntry>,
+        opener: Arc<dyn CameraOpener>,
+        open_timeout: std::time::Duration,
+    ) {
         *self.entries.lock().unwrap_or_else(PoisonError::into_inner) = StatusEntries {
             streams: entries,
             opener: Some(opener),
+            open_timeout,
         };
+    }
+
+    /// How long a reader waits for a camera to start streaming.
+    pub fn open_timeout(&self) -> std::time::Duration {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .open_timeout
+    }
+
+    /// The hub of the stream at `path` (`/<camera>/<stream>`).
+    pub fn hub(&self, path: &str) -> Option<Arc<Hub>> {
+        let guard = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        guard
+            .streams
+            .iter()
+            .find(|entry| entry.source.path() == path)
+            .map(|entry| Arc::clone(&entry.hub))
     }
 
     pub fn snapshot(&self) -> Vec<StreamStatus> {
         let guard = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let StatusEntries { streams, opener } = &*guard;
+        let StatusEntries { streams, opener, .. } = &*guard;
         streams
             .iter()
             .map(|entry| {

@@ -20,7 +20,7 @@ use rtsp_types::{Method, Response, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::bus::{Hub, Lease, Reader, SourceState, SubscribeError};
+use super::bus::{Hub, Lease, Reader, SubscribeError};
 use super::{rtp, sdp};
 use crate::auth::{self, AuthShared, Outcome, Presented};
 use crate::config::streams::STREAMS_SITE;
@@ -365,7 +365,10 @@ impl Connection {
         }
         let open_timeout = self.context.routes.load().open_timeout;
         let lease = self.lease_for(&path, &hub);
-        let info = playing_info(lease.hub(), open_timeout).await?;
+        let info = lease.hub().playing(open_timeout).await.ok_or_else(|| {
+            tracing::info!("the camera stream did not start in time");
+            Refusal::status(StatusCode::ServiceUnavailable)
+        })?;
         let url = request.request_uri().map(ToString::to_string).unwrap_or_default();
         let base = if url.ends_with('/') {
             url
@@ -615,24 +618,6 @@ async fn next_frame(reader: Option<&Reader>) -> Option<Arc<super::media::Frame>>
     match reader {
         Some(reader) => reader.next().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Waits (starting the camera, on demand) until the stream plays, for its
-/// tracks.
-async fn playing_info(hub: &Hub, timeout: Duration) -> Result<Arc<super::bus::StreamInfo>, Refusal> {
-    let mut state = hub.state();
-    let playing = tokio::time::timeout(
-        timeout,
-        state.wait_for(|s| matches!(s, SourceState::Playing { .. })),
-    )
-    .await;
-    match playing {
-        Ok(Ok(_)) => hub.info().ok_or(Refusal::status(StatusCode::ServiceUnavailable)),
-        _ => {
-            tracing::info!("the camera stream did not start in time");
-            Err(Refusal::status(StatusCode::ServiceUnavailable))
-        }
     }
 }
 
