@@ -336,3 +336,159 @@ fn ten_readers_share_one_camera_session_with_the_right_codecs() {
     camgate.signal(nix::sys::signal::Signal::SIGTERM);
     camgate.wait_exit(Duration::from_secs(20));
 }
+
+/// An `ffmpeg` reader copying the stream to nowhere, reporting progress.
+fn reader(ns: &Netns, dir: &Path, name: &str, url: &str) -> Peer {
+    let mut command = ns.command(require_binary("ffmpeg", "ffmpeg"));
+    command.args([
+        "-nostdin",
+        "-v",
+        "error",
+        "-rtsp_transport",
+        "tcp",
+        "-i",
+        url,
+        "-map",
+        "0:v",
+        "-c",
+        "copy",
+        "-f",
+        "null",
+        "-progress",
+        "pipe:1",
+        "-",
+    ]);
+    Peer::spawn(name, command, dir)
+}
+
+/// Video frames the reader has copied so far (its last `frame=`).
+fn frames(reader: &Peer) -> u64 {
+    reader
+        .stdout()
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("frame=")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: nix::unistd::Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn wait_frames(readers: &[&Peer], at_least: u64, deadline: Duration, what: &str) {
+    wait_until(what, deadline, || {
+        readers.iter().all(|r| frames(r) >= at_least).then_some(())
+    });
+}
+
+#[test]
+fn readers_ride_out_a_stalled_reader_and_a_camera_restart() {
+    let net = topology("strr");
+    let (gw, cam, dvr) = (net.ns("gw"), net.ns("cam"), net.ns("dvr"));
+    // Small socket buffers on both sides, so a stopped reader fills them
+    // in moments and camgate's own bound is what holds.
+    dvr.sysctl("net.ipv4.tcp_rmem", "4096 16384 65536");
+    gw.sysctl("net.ipv4.tcp_wmem", "4096 16384 65536");
+    let dir = tempfile::tempdir().unwrap();
+    let camera_args = "--port 554 --path /stream1 --auth digest --user admin --password s3cret \
+                       --width 640 --height 360 --fps 15 --bitrate 1000 --audio pcma";
+    let camera = rtsp_camera::start(cam, CAMERA, dir.path(), "camera", camera_args);
+    let mut camgate = start_camgate(gw, config(&dir.path().join("state"), cam, ""));
+    let url = url("alice", "correct horse", "/porch/main");
+    let readers: Vec<Peer> = (0..3)
+        .map(|i| reader(dvr, dir.path(), &format!("reader-{i}"), &url))
+        .collect();
+    let (stalled, others) = (&readers[0], [&readers[1], &readers[2]]);
+    wait_frames(
+        &[stalled, others[0], others[1]],
+        30,
+        Duration::from_secs(30),
+        "three readers",
+    );
+    let rss_before = rss_kib(camgate.peer.pid());
+
+    // One reader stops for 30 s: the others keep their pace.
+    stalled.signal(nix::sys::signal::Signal::SIGSTOP);
+    let stalled_at = frames(stalled);
+    let mut last: Vec<u64> = others.iter().map(|r| frames(r)).collect();
+    let mut peak_rss = rss_before;
+    for second in 1..=30 {
+        std::thread::sleep(Duration::from_secs(1));
+        peak_rss = peak_rss.max(rss_kib(camgate.peer.pid()));
+        if second % 10 == 0 {
+            let now: Vec<u64> = others.iter().map(|r| frames(r)).collect();
+            for (before, after) in last.iter().zip(&now) {
+                // 15 frames/s: at least half of 150 in each 10 s.
+                assert!(
+                    after - before >= 75,
+                    "a reader slowed down while another was stopped: {last:?} -> {now:?}"
+                );
+            }
+            last = now;
+        }
+    }
+    let status = streams(gw);
+    let main = stream(&status, "/porch/main");
+    eprintln!("after the stall: {main:#}; RSS {rss_before} -> peak {peak_rss} KiB");
+    assert!(
+        main["dropped"].as_u64().unwrap() > 0,
+        "the stopped reader lost frames: {main}"
+    );
+    assert!(
+        peak_rss < rss_before + 8 * 1024,
+        "camgate grew from {rss_before} to {peak_rss} KiB while a reader was stopped"
+    );
+    stalled.signal(nix::sys::signal::Signal::SIGCONT);
+    wait_frames(
+        &[stalled],
+        stalled_at + 30,
+        Duration::from_secs(20),
+        "the stopped reader to go on",
+    );
+
+    // The camera goes away and comes back: every reader goes on, and the
+    // new camera sees one session.
+    drop(camera);
+    let gone = Instant::now();
+    wait_until("the source to back off", Duration::from_secs(30), || {
+        (stream(&streams(gw), "/porch/main")["state"] == "backoff").then_some(())
+    });
+    assert!(stream(&streams(gw), "/porch/main")["last_error"].is_string());
+    std::thread::sleep(Duration::from_secs(3));
+    let counts: Vec<u64> = readers.iter().map(frames).collect();
+    let camera = rtsp_camera::start(cam, CAMERA, dir.path(), "camera-again", camera_args);
+    let back = Instant::now();
+    wait_until(
+        "every reader to get frames again",
+        Duration::from_secs(40),
+        || {
+            readers
+                .iter()
+                .zip(&counts)
+                .all(|(r, before)| frames(r) >= before + 30)
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "readers recovered {:?} after the camera came back ({:?} after it went)",
+        back.elapsed(),
+        gone.elapsed()
+    );
+    assert!(
+        back.elapsed() < Duration::from_secs(35),
+        "within the 30 s backoff cap"
+    );
+    assert_eq!(rtsp_camera::sessions_total(&camera), 1, "{}", camera.stdout());
+    // Readers gone: the camera is let go.
+    drop(readers);
+    wait_until("the camera session to close", Duration::from_secs(30), || {
+        (rtsp_camera::sessions_now(&camera) == 0).then_some(())
+    });
+    camgate.signal(nix::sys::signal::Signal::SIGTERM);
+    camgate.wait_exit(Duration::from_secs(20));
+}
