@@ -230,17 +230,18 @@ fn quirks(
                 entry.get_ref()
             ))
         })?;
-        let valid = match name {
-            "initial_timestamp" => value.parse::<retina::client::InitialTimestampPolicy>().is_ok(),
+        // retina's own parsers, so the names are exactly its policies'.
+        let parsed = match name {
+            "initial_timestamp" => value.parse::<retina::client::InitialTimestampPolicy>().map(drop),
             "initial_seq" => value
                 .parse::<retina::client::InitialSequenceNumberPolicy>()
-                .is_ok(),
-            "unknown_rtcp_ssrc" => value.parse::<retina::client::UnknownRtcpSsrcPolicy>().is_ok(),
+                .map(drop),
+            "unknown_rtcp_ssrc" => value.parse::<retina::client::UnknownRtcpSsrcPolicy>().map(drop),
             "unassigned_channel_data" => value
                 .parse::<retina::client::UnassignedChannelDataPolicy>()
-                .is_ok(),
-            "session_id" => value.parse::<retina::client::SessionIdPolicy>().is_ok(),
-            "teardown" => value.parse::<retina::client::TeardownPolicy>().is_ok(),
+                .map(drop),
+            "session_id" => value.parse::<retina::client::SessionIdPolicy>().map(drop),
+            "teardown" => value.parse::<retina::client::TeardownPolicy>().map(drop),
             _ => {
                 return Err(problem(format!(
                     "unknown quirk {name:?}; known: {}",
@@ -248,8 +249,8 @@ fn quirks(
                 )));
             }
         };
-        if !valid {
-            return Err(problem(format!("{value:?} is not a value of {name}")));
+        if let Err(e) = parsed {
+            return Err(problem(format!("{value:?} is not a value of {name}: {e}")));
         }
         if quirks.insert(name.to_owned(), value.to_owned()).is_some() {
             return Err(problem(format!("{name} is set twice")));
@@ -283,4 +284,95 @@ fn names(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{Overrides, parse};
+
+    const SEGMENT: &str = "[network]\nuplink = \"eth0\"\n[cameras]\ninterface = \"eth1\"\naddress = \"10.77.0.1/24\"\n\
+        [[camera]]\nname = \"porch\"\nmac = \"aa:bb:cc:00:11:22\"\naddress = \"10.77.0.20\"\n\
+        username = \"admin\"\npassword = \"pw\"\n";
+
+    fn streams(extra: &str) -> Streams {
+        parse(
+            &format!("{SEGMENT}{extra}"),
+            Path::new("t.toml"),
+            Overrides::default(),
+        )
+        .unwrap()
+        .streams
+    }
+
+    #[test]
+    fn paths_are_on_the_cameras_port_554_and_urls_are_kept() {
+        let streams = streams(
+            "streams = { main = \"/Streaming/Channels/101?transportmode=unicast\", sub = \"rtsp://10.77.0.20:8554/sub\" }\n\
+             always_on = true\nrtsp_quirks = [\"initial_timestamp=ignore\", \"teardown=always\"]\n",
+        );
+        assert_eq!(streams.listen, ["0.0.0.0:8554".parse().unwrap()]);
+        let [main, sub] = &streams.sources[..] else {
+            panic!("{:?}", streams.sources)
+        };
+        assert_eq!(
+            main.url.as_str(),
+            "rtsp://10.77.0.20:554/Streaming/Channels/101?transportmode=unicast"
+        );
+        assert_eq!(main.path(), "/porch/main");
+        assert_eq!(sub.url.as_str(), "rtsp://10.77.0.20:8554/sub");
+        assert!(main.always_on && sub.always_on);
+        assert_eq!(main.login.as_ref().unwrap().username, "admin");
+        assert_eq!(
+            main.quirks.get("initial_timestamp").map(String::as_str),
+            Some("ignore")
+        );
+        assert_eq!(
+            (streams.users.as_slice(), streams.tokens.as_slice()),
+            (&["*".to_owned()][..], &["*".to_owned()][..])
+        );
+        assert_eq!(
+            (
+                streams.close_after.as_secs(),
+                streams.open_timeout.as_secs(),
+                streams.max_readers
+            ),
+            (10, 20, 32)
+        );
+    }
+
+    #[test]
+    fn without_streams_nothing_listens() {
+        let streams = streams("[streams]\nlisten = [\"0.0.0.0:9554\"]\n");
+        assert!(streams.sources.is_empty());
+        assert!(streams.listen.is_empty());
+    }
+
+    #[test]
+    fn restream_tokens_name_the_streams_site() {
+        let config = parse(
+            &format!(
+                "{SEGMENT}streams = {{ main = \"/s\" }}\n[[token]]\nname = \"nvr\"\nsite = \"streams\"\n\
+                 secret_sha256 = \"{}\"\nscope = [\"/porch/*\"]\n",
+                "ab".repeat(32)
+            ),
+            Path::new("t.toml"),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.auth.tokens[0].site, STREAMS_SITE);
+        let rule_scope = parse(
+            &format!(
+                "[[token]]\nname = \"nvr\"\nsite = \"streams\"\nsecret_sha256 = \"{}\"\nscope = [\"rule:api\"]\n",
+                "ab".repeat(32)
+            ),
+            Path::new("t.toml"),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(rule_scope.contains("has no rule named \"api\""), "{rule_scope}");
+    }
 }
