@@ -267,6 +267,17 @@ fn ten_readers_share_one_camera_session_with_the_right_codecs() {
     assert_eq!(main["tracks"][1]["codec"], "PCMA");
     assert!(main["frames"].as_u64().unwrap() >= 60, "{main}");
     assert_eq!(main["camera_sessions"], 1);
+    let metrics = camgate_tests::http::get_ok(gw, "http://127.0.0.1:8080/metrics").body;
+    for line in [
+        "camgate_stream_playing{stream=\"/porch/main\"} 1",
+        "camgate_stream_camera_sessions{stream=\"/porch/main\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
+    assert!(
+        metrics.contains("camgate_stream_frames_total{stream=\"/porch/main\"} "),
+        "{metrics}"
+    );
 
     // The second stream: H.265 and AAC.
     let sub = probed(

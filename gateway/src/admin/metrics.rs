@@ -25,8 +25,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(start_time_unix: f64) -> Self {
+    pub fn new(start_time_unix: f64, streams: std::sync::Arc<crate::streams::StreamStatusSource>) -> Self {
         let mut registry = Registry::with_prefix("camgate");
+        registry.register_collector(Box::new(streams));
         registry.register(
             "build",
             "camgate version",

@@ -34,7 +34,7 @@ use crate::net::{self, ListenError};
 use crate::proxy::server::{self, ProxyError, ProxyServer};
 use crate::setup;
 use crate::shutdown::Drain;
-use crate::streams::{RetinaOpener, StreamService};
+use crate::streams::{RetinaOpener, StreamService, StreamStatusSource};
 use crate::telemetry::LogControl;
 use crate::tls::{self, CertResolver, CertTable, TlsError};
 
@@ -268,7 +268,8 @@ impl Daemon {
         let firewall = Firewall::start(&config, Arc::new(Nft))?;
         let drain = Drain::new(shutdown);
         let started = Instant::now();
-        let metrics = Arc::new(Metrics::new(unix_now_f64()));
+        let stream_status = Arc::new(StreamStatusSource::default());
+        let metrics = Arc::new(Metrics::new(unix_now_f64(), Arc::clone(&stream_status)));
         let (status, status_rx) = watch::channel(DaemonStatus {
             mode: config.daemon.mode,
             setup,
@@ -299,7 +300,13 @@ impl Daemon {
         if config.manages_system() {
             crate::firewall::nflog::spawn(cameras.report(), &drain);
         }
-        let streams = StreamService::start(&config, &auth, Arc::new(RetinaOpener::default()), &drain)?;
+        let streams = StreamService::start(
+            &config,
+            &auth,
+            Arc::new(RetinaOpener::default()),
+            stream_status,
+            &drain,
+        )?;
         let (reload_handle, reload_requests) = mpsc::channel(4);
         let reload_handle = ReloadHandle(reload_handle);
         let store = Arc::new(ConfigStore::new(source.path.clone(), source.overrides));

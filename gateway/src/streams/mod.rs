@@ -96,6 +96,7 @@ impl StreamService {
         config: &Config,
         auth: &Arc<AuthShared>,
         opener: Arc<dyn CameraOpener>,
+        status: Arc<StreamStatusSource>,
         drain: &Drain,
     ) -> Result<Self, ListenError> {
         let context = ServerContext {
@@ -114,7 +115,7 @@ impl StreamService {
             context,
             opener,
             running: HashMap::new(),
-            status: Arc::default(),
+            status,
         };
         service.apply(&config.streams, drain);
         Ok(service)
@@ -388,5 +389,62 @@ impl StreamStatusSource {
                 }
             })
             .collect()
+    }
+}
+
+/// A metric's name, help and value from a stream's status.
+type Reading<T> = (&'static str, &'static str, fn(&StreamStatus) -> T);
+
+/// The streams' counters on `/metrics`, read at each scrape.
+impl prometheus_client::collector::Collector for StreamStatusSource {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>) -> std::fmt::Result {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        let streams = self.snapshot();
+        let counters: [Reading<u64>; 3] = [
+            ("stream_frames", "Frames received from the camera", |s| s.frames),
+            ("stream_bytes", "Payload bytes received from the camera", |s| {
+                s.bytes
+            }),
+            (
+                "stream_dropped_frames",
+                "Frames readers lost by falling behind",
+                |s| s.dropped,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for stream in &streams {
+                let labels = [("stream", stream.path.as_str())];
+                ConstCounter::new(value(stream)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let gauges: [Reading<i64>; 3] = [
+            ("stream_readers", "Readers of the restream", |s| {
+                i64::try_from(s.readers).unwrap_or(i64::MAX)
+            }),
+            ("stream_playing", "1 while the camera stream plays", |s| {
+                i64::from(s.state == "playing")
+            }),
+            ("stream_camera_sessions", "Sessions held with the camera", |s| {
+                i64::try_from(s.camera_sessions).unwrap_or(i64::MAX)
+            }),
+        ];
+        for (name, help, value) in gauges {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+            for stream in &streams {
+                let labels = [("stream", stream.path.as_str())];
+                ConstGauge::new(value(stream)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }
