@@ -15,34 +15,32 @@ use crate::process::{Peer, require_binary, wait_until};
 /// (`user:password`) on its webcontrol if given, and waits until its camera
 /// runs (its stream port answers a few seconds after it listens).
 pub fn start(netns: &Netns, address: &str, dir: &Path, webcontrol_login: Option<&str>) -> Peer {
+    start_with_camera(netns, address, dir, webcontrol_login, None)
+}
+
+/// [`start`], with its camera an RTSP URL and a `user:password` for it
+/// (`netcam_url`, `netcam_userpass`) instead of the test pattern file.
+pub fn start_with_camera(
+    netns: &Netns,
+    address: &str,
+    dir: &Path,
+    webcontrol_login: Option<&str>,
+    camera: Option<(&str, &str)>,
+) -> Peer {
     let motion = require_binary("motion", "motion");
-    let ffmpeg = require_binary("ffmpeg", "ffmpeg");
-    // motion loops over its file input.
-    let movie = Command::new(ffmpeg)
-        .args([
-            "-loglevel",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=size=320x240:rate=10",
-            "-t",
-            "10",
-        ])
-        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10"])
-        .arg(dir.join("test.mkv"))
-        .status()
-        .unwrap();
-    assert!(movie.success());
-    std::fs::create_dir_all(dir.join("target")).unwrap();
+    let netcam = match camera {
+        Some((url, userpass)) => format!("netcam_url {url}\nnetcam_userpass {userpass}\n"),
+        None => format!("netcam_url file://{}\n", test_pattern(dir).display()),
+    };
     let login = webcontrol_login.map_or_else(String::new, |login| {
         format!("webcontrol_auth_method 2\nwebcontrol_authentication {login}\n")
     });
+    std::fs::create_dir_all(dir.join("target")).unwrap();
     let config = dir.join("motion.conf");
     std::fs::write(
         &config,
         format!(
-            "daemon off\nlog_file {dir}/motion.log\ntarget_dir {dir}/target\nnetcam_url file://{dir}/test.mkv\n\
+            "daemon off\nlog_file {dir}/motion.log\ntarget_dir {dir}/target\n{netcam}\
              width 320\nheight 240\nframerate 10\npicture_output off\nmovie_output off\n\
              webcontrol_port 8080\nwebcontrol_localhost off\nwebcontrol_interface 1\nwebcontrol_parms 2\n\
              {login}stream_port 8081\nstream_localhost off\nstream_maxrate 10\n",
@@ -62,6 +60,29 @@ pub fn start(netns: &Netns, address: &str, dir: &Path, webcontrol_login: Option<
             .then_some(())
     });
     peer
+}
+
+/// A 10-second test pattern for motion to loop over.
+fn test_pattern(dir: &Path) -> std::path::PathBuf {
+    let ffmpeg = require_binary("ffmpeg", "ffmpeg");
+    let path = dir.join("test.mkv");
+    let movie = Command::new(ffmpeg)
+        .args([
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=10",
+            "-t",
+            "10",
+        ])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-g", "10"])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(movie.success());
+    path
 }
 
 /// `GET /status.json` on motion's stream port, the answer as text.

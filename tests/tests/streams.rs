@@ -503,3 +503,46 @@ fn readers_ride_out_a_stalled_reader_and_a_camera_restart() {
     camgate.signal(nix::sys::signal::Signal::SIGTERM);
     camgate.wait_exit(Duration::from_secs(20));
 }
+
+/// A real DVR on the restream: `motion` reads the camera through camgate
+/// with a `streams` token, as the wizard tells a user to set it up.
+#[test]
+fn motion_reads_the_restream_with_a_token() {
+    let net = topology("strmo");
+    let (gw, cam, dvr) = (net.ns("gw"), net.ns("cam"), net.ns("dvr"));
+    let dir = tempfile::tempdir().unwrap();
+    let camera = rtsp_camera::start(
+        cam,
+        CAMERA,
+        dir.path(),
+        "camera",
+        "--port 554 --path /stream1 --auth digest --user admin --password s3cret --width 640 --height 360 --fps 10",
+    );
+    let (token_lines, token) = stream_token(dir.path(), "motion", "/porch/*");
+    let mut camgate = start_camgate(gw, config(&dir.path().join("state"), cam, &token_lines));
+    let motion_dir = dir.path().join("motion");
+    std::fs::create_dir_all(&motion_dir).unwrap();
+    let _motion = camgate_tests::motion::start_with_camera(
+        dvr,
+        "192.168.77.50",
+        &motion_dir,
+        None,
+        Some((
+            &format!("rtsp://{RESTREAM}/porch/main"),
+            &format!("motion:{token}"),
+        )),
+    );
+    wait_until("motion to read the restream", Duration::from_secs(30), || {
+        let status = streams(gw);
+        let main = stream(&status, "/porch/main");
+        (main["readers"] == 1 && main["state"] == "playing").then_some(())
+    });
+    // motion decodes it: it saw the camera's size and connected.
+    wait_until("motion to decode the restream", Duration::from_secs(30), || {
+        let log = std::fs::read_to_string(motion_dir.join("motion.log")).unwrap_or_default();
+        (log.contains("Netcam: 640 x 360") && log.contains("connected")).then_some(())
+    });
+    assert_eq!(rtsp_camera::sessions_total(&camera), 1);
+    camgate.signal(nix::sys::signal::Signal::SIGTERM);
+    camgate.wait_exit(Duration::from_secs(20));
+}
