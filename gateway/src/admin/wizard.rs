@@ -48,6 +48,8 @@ struct ProfileView {
     rules: Vec<crate::proxy::profiles::RuleInWords>,
     /// A first camera's MJPEG stream, for a token's ready URL.
     stream_example: Option<&'static str>,
+    /// How to add camgate's restream of a camera to this DVR (`{url}`).
+    restream: &'static str,
 }
 
 #[derive(Serialize)]
@@ -76,6 +78,7 @@ pub(super) async fn profiles() -> Response {
                 .collect(),
             rules: profile.rules_in_words(),
             stream_example: profile.stream_example.as_deref(),
+            restream: &profile.restream,
         })
         .collect();
     Json(views).into_response()

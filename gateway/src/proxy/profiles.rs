@@ -53,6 +53,9 @@ pub struct Profile {
     pub detect: Vec<Fingerprint>,
     /// A first camera's MJPEG stream (path and query), for a token's ready URL.
     pub stream_example: Option<String>,
+    /// How to give the DVR camgate's restream of a camera: one sentence
+    /// with `{url}` where the `rtsp://` URL goes.
+    pub restream: String,
     rules: Vec<RawRule>,
 }
 
@@ -83,6 +86,7 @@ struct RawProfile {
     #[serde(default)]
     detect: Vec<Fingerprint>,
     stream_example: Option<String>,
+    restream: String,
 }
 
 static PROFILES: LazyLock<Vec<Profile>> = LazyLock::new(|| {
@@ -101,6 +105,7 @@ static PROFILES: LazyLock<Vec<Profile>> = LazyLock::new(|| {
                 lenient_headers: raw.lenient_headers,
                 forwards: raw.forwards,
                 stream_example: raw.stream_example,
+                restream: raw.restream,
                 detect: raw.detect,
                 rules: raw.rules,
             }
