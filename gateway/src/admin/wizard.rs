@@ -135,6 +135,8 @@ enum Step {
         address: String,
         username: Option<String>,
         password: Option<String>,
+        /// Restreamed streams by name; absent keeps the camera's.
+        streams: Option<std::collections::BTreeMap<String, String>>,
     },
     Remove {
         list: Listed,
@@ -183,7 +185,11 @@ pub(super) fn form_values(config: &Config) -> serde_json::Value {
             "expires": token.expires.map(|at| humantime::format_rfc3339_seconds(at).to_string()),
         })).collect::<Vec<_>>(),
         "cameras_named": config.network.iter().flat_map(|network| &network.cameras).flat_map(|cameras| &cameras.known)
-            .map(|camera| serde_json::json!({ "name": camera.name, "mac": camera.mac, "address": camera.address }))
+            .map(|camera| serde_json::json!({
+                "name": camera.name, "mac": camera.mac, "address": camera.address,
+                "streams": config.streams.sources.iter().filter(|s| s.camera == camera.name)
+                    .map(|s| (s.name.clone(), s.url.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+            }))
             .collect::<Vec<_>>(),
     })
 }
@@ -295,6 +301,7 @@ pub(super) async fn edit(
             address,
             username,
             password,
+            streams,
         } => Edit::Camera {
             name: name.trim().to_owned(),
             mac: mac.trim().to_owned(),
@@ -309,6 +316,12 @@ pub(super) async fn edit(
                     );
                 }
             },
+            streams: streams.map(|streams| {
+                streams
+                    .into_iter()
+                    .map(|(name, url)| (name.trim().to_owned(), url.trim().to_owned()))
+                    .collect()
+            }),
         },
         Step::Remove { list, name } => Edit::Remove { table: list, name },
     };

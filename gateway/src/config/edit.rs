@@ -63,6 +63,9 @@ pub enum Edit {
         mac: String,
         address: String,
         login: Option<(String, String)>,
+        /// Its restreamed streams by name (`main = "/stream1"`): `None`
+        /// keeps what the camera has, empty removes them.
+        streams: Option<std::collections::BTreeMap<String, String>>,
     },
     /// Removes the `[[user]]`, `[[token]]` or `[[camera]]` named so.
     Remove { table: Listed, name: String },
@@ -193,6 +196,7 @@ pub fn apply(text: &str, edit: &Edit) -> Result<String, EditError> {
             mac,
             address,
             login,
+            streams,
         } => {
             let entry = upsert(&mut document, Listed::Camera, name)?;
             entry.insert("mac", value(mac.to_ascii_lowercase()));
@@ -203,6 +207,19 @@ pub fn apply(text: &str, edit: &Edit) -> Result<String, EditError> {
                 "password",
                 login.as_ref().map(|(_, password)| password.as_str()),
             );
+            match streams {
+                None => {}
+                Some(streams) if streams.is_empty() => {
+                    entry.remove("streams");
+                }
+                Some(streams) => {
+                    let table: toml_edit::InlineTable = streams
+                        .iter()
+                        .map(|(name, url)| (name.as_str(), toml_edit::Value::from(url.as_str())))
+                        .collect();
+                    entry.insert("streams", value(table));
+                }
+            }
         }
         Edit::Remove { table, name } => {
             let index =
@@ -458,6 +475,30 @@ mod tests {
             ),
             Err(EditError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn a_cameras_streams_are_set_kept_or_removed() {
+        let camera = |streams: Option<&[(&str, &str)]>| Edit::Camera {
+            name: "porch".to_owned(),
+            mac: "AA:BB:CC:00:11:22".to_owned(),
+            address: "10.77.0.20".to_owned(),
+            login: None,
+            streams: streams.map(|list| {
+                list.iter()
+                    .map(|(n, u)| ((*n).to_owned(), (*u).to_owned()))
+                    .collect()
+            }),
+        };
+        let text = apply(BASE, &camera(Some(&[("main", "/stream1"), ("sub", "/stream2")]))).unwrap();
+        assert!(
+            text.contains("streams = { main = \"/stream1\", sub = \"/stream2\" }\n"),
+            "{text}"
+        );
+        let kept = apply(&text, &camera(None)).unwrap();
+        assert!(kept.contains("streams = { main"), "{kept}");
+        let removed = apply(&kept, &camera(Some(&[]))).unwrap();
+        assert!(!removed.contains("streams"), "{removed}");
     }
 
     #[test]
