@@ -495,6 +495,31 @@ fn readers_ride_out_a_stalled_reader_and_a_camera_restart() {
         "within the 30 s backoff cap"
     );
     assert_eq!(rtsp_camera::sessions_total(&camera), 1, "{}", camera.stdout());
+    // A reload that leaves the stream alone leaves its readers and its
+    // camera session alone.
+    let before: Vec<u64> = readers.iter().map(frames).collect();
+    let state = dir.path().join("state");
+    camgate.write_config(&config(&state, cam, "[auth]\nban_after_failures = 7\n"));
+    let ready = camgate.reload();
+    assert!(!camgate.stderr().contains("reload failed"), "{ready}");
+    assert_eq!(stream(&streams(gw), "/porch/main")["readers"], 3);
+    wait_until(
+        "readers to go on after the reload",
+        Duration::from_secs(20),
+        || {
+            readers
+                .iter()
+                .zip(&before)
+                .all(|(r, before)| frames(r) >= before + 30)
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        rtsp_camera::sessions_total(&camera),
+        1,
+        "a reload reopened the camera"
+    );
+
     // Readers gone: the camera is let go.
     drop(readers);
     wait_until("the camera session to close", Duration::from_secs(30), || {
