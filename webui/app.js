@@ -1,4 +1,5 @@
-// camgate's admin pages: the claim, the setup wizard and the dashboard.
+// camgate's admin pages: the claim, the setup wizard and the dashboard with
+// the cameras' live view.
 // Plain modern JavaScript, no framework and no build step: camgate embeds
 // these files as they are. Everything goes through the admin API, and text
 // from the network (camera names, DVR answers) only ever lands in
@@ -539,6 +540,7 @@ function startDashboard() {
 function stopDashboard() {
   clearInterval(dashboardTimer);
   dashboardTimer = null;
+  stopLive();
 }
 
 const when = (iso) => (iso ? new Date(iso).toLocaleString() : '—');
@@ -579,9 +581,10 @@ async function refreshDashboard() {
   let cameras;
   let bans;
   let events;
+  let streams;
   try {
-    [status, cameras, bans, events] = await Promise.all([api('GET', '/api/status'), api('GET', '/api/cameras'),
-      api('GET', '/api/bans'), api('GET', '/api/events?limit=20')]);
+    [status, cameras, bans, events, streams] = await Promise.all([api('GET', '/api/status'), api('GET', '/api/cameras'),
+      api('GET', '/api/bans'), api('GET', '/api/events?limit=20'), api('GET', '/api/streams')]);
   } catch (e) {
     notice(e.message);
     return;
@@ -601,6 +604,14 @@ async function refreshDashboard() {
     text(camera.name || camera.mac), text(camera.address), camera.state,
     phoneHome(camera),
   ]));
+  fill($('#stream-list tbody'), streams.map((stream) => [
+    `${stream.camera}/${stream.stream}${stream.always_on ? ' (always on)' : ''}`,
+    streamState(stream),
+    streamMedia(stream),
+    `${stream.readers} (${stream.dropped} frames dropped)`,
+    el('code', {}, `rtsp://${location.hostname}:8554${stream.path}`),
+    el('button', { type: 'button', onclick: () => watch(stream) }, `Watch ${stream.camera}/${stream.stream}`),
+  ]), 'No camera streams: a [[camera]] in the configuration names them (streams = { main = "/stream1" }).');
   const rows = events.events.map((e) => {
     const who = [e.fields.principal, e.fields['client.addr']].filter(Boolean).join(' from ');
     return el('tr', { class: e.level === 'info' ? null : 'warn' },
@@ -613,6 +624,185 @@ async function refreshDashboard() {
     el('button', { type: 'button', onclick: async () => { await api('DELETE', `/api/bans/${encodeURIComponent(ban.address)}`); refreshDashboard(); } }, `Unban ${ban.address}`)))
     : [el('li', {}, 'None')]));
 }
+
+const clock = (unix) => new Date(unix * 1000).toLocaleTimeString();
+
+function streamState(stream) {
+  const state = {
+    idle: stream.always_on ? 'idle' : 'idle (the camera starts when someone watches)',
+    connecting: 'connecting to the camera',
+    playing: `playing since ${stream.since ? clock(stream.since) : '—'}`,
+    backoff: `failed; trying again at ${stream.retry_at ? clock(stream.retry_at) : '—'}`,
+  }[stream.state] || stream.state;
+  return [state, stream.last_error ? el('p', { class: 'hint' }, `Last error: ${stream.last_error}`) : null];
+}
+
+const bitrate = (bits) => (bits >= 1e6 ? `${(bits / 1e6).toFixed(1)} Mbit/s` : `${Math.round(bits / 1000)} kbit/s`);
+
+function streamMedia(stream) {
+  const tracks = stream.tracks.map((t) => (t.width ? `${t.codec} ${t.width}×${t.height}` : `${t.codec} ${t.clock_rate / 1000} kHz`));
+  if (!tracks.length) return '— (known once it plays)';
+  const rates = stream.state === 'playing' ? `; ${stream.fps.toFixed(1)} fps, ${bitrate(stream.bitrate)}` : '';
+  return `${tracks.join(', ')}${rates}`;
+}
+
+// --- the live view ---
+// One stream at a time, from GET /api/streams/{camera}/{stream}/live: a
+// WebSocket sending a TEXT header (the MIME type), the fMP4 init segment,
+// then media segments, appended in order to a Media Source Extensions
+// SourceBuffer through a small queue. A new header starts a new MediaSource.
+
+const LIVE_EDGE_SECS = 3; // further behind the newest frame, playback jumps to it
+const KEEP_SECS = 10; // video kept behind the playing position
+const MAX_QUEUED_BYTES = 8 << 20; // waiting for the SourceBuffer; more: start over
+const live = { stream: null, socket: null, media: null, buffer: null, queue: [], queued: 0, error: null, retries: 0 };
+
+function liveStatus(message) { $('#live-status').textContent = message; }
+
+function watch(stream) {
+  stopLive();
+  live.stream = stream;
+  live.retries = 0;
+  $('#live').hidden = false;
+  $('#live-title').textContent = `Live: ${stream.camera}/${stream.stream}`;
+  if (!window.MediaSource) {
+    liveStatus('This browser cannot play live video here (it has no Media Source Extensions). Watch the RTSP address with VLC or your DVR instead.');
+    return;
+  }
+  connectLive();
+  $('#live').scrollIntoView({ block: 'nearest' });
+}
+
+function connectLive() {
+  const { camera, stream } = live.stream;
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const socket = new WebSocket(`${scheme}://${location.host}/api/streams/${encodeURIComponent(camera)}/${encodeURIComponent(stream)}/live`);
+  socket.binaryType = 'arraybuffer';
+  live.socket = socket;
+  live.error = null;
+  liveStatus('Starting the camera…');
+  socket.addEventListener('message', (event) => {
+    if (socket !== live.socket) return;
+    if (typeof event.data === 'string') {
+      const message = JSON.parse(event.data);
+      if (message.error) live.error = message.error;
+      else startMedia(message);
+      return;
+    }
+    live.queue.push(event.data);
+    live.queued += event.data.byteLength;
+    if (live.queued > MAX_QUEUED_BYTES) {
+      // The browser cannot append as fast as the camera sends: start over at a key frame.
+      closeLive();
+      liveStatus('This browser fell behind: starting over…');
+      connectLive();
+      return;
+    }
+    appendNext();
+  });
+  socket.addEventListener('close', (event) => {
+    if (socket !== live.socket) return;
+    live.socket = null;
+    // 1012: the stream restarted on camgate (its configuration changed).
+    if (event.code === 1012 && live.retries < 3) {
+      live.retries += 1;
+      liveStatus('The stream restarted: reconnecting…');
+      setTimeout(() => { if (live.stream && !live.socket) connectLive(); }, 1000);
+      return;
+    }
+    const why = live.error || event.reason || 'camgate could not be reached, or refused (are you still signed in?)';
+    liveStatus(`The live view stopped: ${why}.`);
+  });
+}
+
+// A header: a new MediaSource of its type (the init segment comes next).
+function startMedia(header) {
+  resetMedia();
+  const what = [header.codec, header.width ? `${header.width}×${header.height}` : null].filter(Boolean).join(' ');
+  if (!MediaSource.isTypeSupported(header.mime)) {
+    closeLive();
+    liveStatus(`This browser cannot play this camera's ${what} video (${header.mime}). `
+      + 'Watch the RTSP address with VLC or your DVR, or try another browser.');
+    return;
+  }
+  const media = new MediaSource();
+  live.media = media;
+  const video = $('#live-video');
+  video.src = URL.createObjectURL(media);
+  media.addEventListener('sourceopen', () => {
+    URL.revokeObjectURL(video.src);
+    if (media !== live.media) return;
+    try {
+      live.buffer = media.addSourceBuffer(header.mime);
+    } catch (e) {
+      closeLive();
+      liveStatus(`This browser cannot play this camera's ${what} video: ${e.message}`);
+      return;
+    }
+    live.buffer.mode = 'segments';
+    live.buffer.addEventListener('updateend', appendNext);
+    appendNext();
+  }, { once: true });
+  liveStatus(`Playing ${what}.`);
+}
+
+// The next queued segment, once the SourceBuffer is idle; keeps playback
+// near the newest frame and the buffer short.
+function appendNext() {
+  const { buffer, media } = live;
+  if (!buffer || buffer.updating || media.readyState !== 'open') return;
+  const video = $('#live-video');
+  const ranges = buffer.buffered;
+  if (ranges.length) {
+    const start = ranges.start(0);
+    const end = ranges.end(ranges.length - 1);
+    if (end - video.currentTime > LIVE_EDGE_SECS || video.currentTime < start) video.currentTime = Math.max(start, end - 0.5);
+    if (video.currentTime - start > 2 * KEEP_SECS) {
+      buffer.remove(start, video.currentTime - KEEP_SECS);
+      return; // updateend comes back here
+    }
+  }
+  if (!live.queue.length) return;
+  const segment = live.queue.shift();
+  live.queued -= segment.byteLength;
+  try {
+    buffer.appendBuffer(segment);
+  } catch (e) {
+    closeLive();
+    liveStatus(`The browser refused the video: ${e.message}`);
+    return;
+  }
+  if (video.paused) video.play().catch(() => {});
+}
+
+function resetMedia() {
+  live.queue = [];
+  live.queued = 0;
+  live.buffer = null;
+  live.media = null;
+  const video = $('#live-video');
+  video.removeAttribute('src');
+  video.load();
+}
+
+function closeLive() {
+  const { socket } = live;
+  live.socket = null;
+  if (socket) socket.close();
+  resetMedia();
+}
+
+function stopLive() {
+  closeLive();
+  live.stream = null;
+  $('#live').hidden = true;
+}
+
+$('#live-stop').addEventListener('click', stopLive);
+$('#live-video').addEventListener('error', () => {
+  const { error } = $('#live-video');
+  if (live.media && error) liveStatus(`The browser could not play the video: ${error.message || `error ${error.code}`}`);
+});
 
 $('#backup').addEventListener('click', async () => {
   const config = await api('GET', '/api/config');

@@ -1043,3 +1043,256 @@ fn onvif_discovery_finds_cameras_and_reads_their_stream_urls() {
         "rtsp://10.77.0.11:554/sub"
     );
 }
+
+/// What `GET /api/cameras/{camera}/snapshot` answered: the image's bytes, or the JSON error's.
+struct Snapshot {
+    status: u16,
+    content_type: String,
+    cache_control: String,
+    body: Vec<u8>,
+}
+
+impl Snapshot {
+    fn error(&self) -> String {
+        let json: serde_json::Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)));
+        json["error"].as_str().expect("an error in words").to_owned()
+    }
+}
+
+/// A camera's snapshot through camgate's admin API on its own loopback (the body as bytes: the
+/// harness's `http::request` reads text).
+fn snapshot(gw: &Netns, camera: &str, authorization: Option<&str>) -> Snapshot {
+    let url = format!("http://127.0.0.1:8080/api/cameras/{camera}/snapshot");
+    gw.run(|| {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .proxy(None)
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(15)))
+            .build()
+            .into();
+        let mut request = agent.get(&url);
+        if let Some(authorization) = authorization {
+            request = request.header("Authorization", authorization);
+        }
+        let mut response = request.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let header = |name| {
+            response.headers().get(name).map_or(String::new(), |v| {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            })
+        };
+        let (content_type, cache_control) = (header("content-type"), header("cache-control"));
+        Snapshot {
+            status: response.status().as_u16(),
+            content_type,
+            cache_control,
+            body: response.body_mut().read_to_vec().unwrap(),
+        }
+    })
+}
+
+#[test]
+fn onvif_snapshots_come_from_the_discovered_uri_with_the_cameras_login() {
+    let net = Topology::builder("iso")
+        .switch("lansw", &[("gw", "192.168.77.2/24"), ("dvr", "192.168.77.50/24")])
+        .switch(
+            "camsw",
+            &[
+                ("gw", "10.77.0.254/24"),
+                ("porch", "10.77.0.11/24"),
+                ("garage", "10.77.0.12/24"),
+                ("shed", "10.77.0.13/24"),
+            ],
+        )
+        .build();
+    let gw = net.ns("gw");
+    gw.ip(&["-4", "addr", "flush", "dev", &switch_port("camsw")]);
+    let cameras = [
+        ("porch", "aa:bb:cc:00:11:22", "10.77.0.11"),
+        ("garage", "aa:bb:cc:00:11:33", "10.77.0.12"),
+        ("shed", "aa:bb:cc:00:11:44", "10.77.0.13"),
+    ];
+    for (camera, mac, _) in cameras {
+        net.ns(camera)
+            .ip(&["link", "set", "dev", &switch_port("camsw"), "address", mac]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The porch camera's snapshot is behind Digest, the shed's behind Basic; the garage camera has
+    // none (GetSnapshotUri answers ActionNotSupported, as many cameras do).
+    let porch = onvif_camera(net.ns("porch"), dir.path(), "10.77.0.11", "porch", &[]);
+    let garage = onvif_camera(
+        net.ns("garage"),
+        dir.path(),
+        "10.77.0.12",
+        "garage",
+        &["--no-snapshot"],
+    );
+    let shed = onvif_camera(
+        net.ns("shed"),
+        dir.path(),
+        "10.77.0.13",
+        "shed",
+        &["--snapshot-auth", "basic"],
+    );
+    let logins = |porch_password: &str| {
+        cameras
+            .iter()
+            .map(|(name, mac, address)| {
+                let password = if *name == "porch" {
+                    porch_password
+                } else {
+                    "secret"
+                };
+                format!(
+                    "[[camera]]\nname = \"{name}\"\nmac = \"{mac}\"\naddress = \"{address}\"\n\
+                     username = \"admin\"\npassword = \"{password}\"\n"
+                )
+            })
+            .collect::<String>()
+    };
+    let base = config(&dir.path().join("state"), "", &site());
+    let mut camgate = Camgate::start(Launch {
+        netns: Some(gw),
+        config: Some(format!("{base}{}", logins("secret"))),
+        env: Vec::new(),
+        appliance_setup: false,
+    });
+    let admin = basic("root", ADMIN_PASSWORD);
+    let authorization = admin.trim_start_matches("Authorization: ").trim_end();
+    let admin = Some(authorization);
+
+    assert_eq!(
+        snapshot(gw, "porch", None).status,
+        401,
+        "snapshots are for admins"
+    );
+    let before = snapshot(gw, "porch", admin);
+    assert_eq!(before.status, 404);
+    assert!(
+        before.error().contains("run a discovery first"),
+        "{}",
+        before.error()
+    );
+
+    let url = "http://127.0.0.1:8080/api/cameras/discover";
+    let reply = camgate_tests::http::request(gw, "POST", url, &[("Authorization", authorization)]).unwrap();
+    assert_eq!(reply.status, 200, "{}\n{}", reply.body, camgate.stderr());
+    let devices = reply.json();
+    let device = |address: &str| {
+        devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["address"] == address)
+            .unwrap_or_else(|| panic!("{address} not found: {devices}"))
+            .clone()
+    };
+    let porch_device = device("10.77.0.11");
+    let uris: Vec<&str> = porch_device["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["snapshot_uri"].as_str().unwrap())
+        .collect();
+    assert_eq!(uris, ["http://10.77.0.11:8000/snapshot.jpg"; 2], "{porch_device}");
+    // No snapshots is normal: the profiles and stream URLs are there, and no error.
+    let garage_device = device("10.77.0.12");
+    assert_eq!(garage_device["error"], serde_json::Value::Null, "{garage_device}");
+    let garage_profiles = garage_device["profiles"].as_array().unwrap();
+    assert_eq!(garage_profiles.len(), 2, "{garage_device}");
+    assert!(
+        garage_profiles
+            .iter()
+            .all(|p| p["snapshot_uri"].is_null() && p["stream_uri"].is_string())
+    );
+    assert_eq!(
+        garage
+            .stdout()
+            .matches("http GetSnapshotUri not supported")
+            .count(),
+        1,
+        "a camera without snapshots is asked once, not per profile:\n{}",
+        garage.stdout()
+    );
+    // /api/cameras shows the URIs with the profiles.
+    let listed = cameras_report(gw);
+    let porch_view = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "porch")
+        .expect("porch listed");
+    assert_eq!(
+        porch_view["onvif"]["profiles"][0]["snapshot_uri"],
+        "http://10.77.0.11:8000/snapshot.jpg"
+    );
+
+    // Digest: asked without a password first, then answered; the simulator's very bytes.
+    let image = snapshot(gw, "porch", admin);
+    assert_eq!(
+        image.status,
+        200,
+        "{}\n{}",
+        String::from_utf8_lossy(&image.body),
+        camgate.stderr()
+    );
+    assert_eq!(image.content_type, "image/jpeg");
+    assert_eq!(image.cache_control, "no-store");
+    assert!(image.body.starts_with(&[0xff, 0xd8]) && image.body.ends_with(&[0xff, 0xd9]));
+    let sha256 = ring::digest::digest(&ring::digest::SHA256, &image.body);
+    let hex: String = sha256.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let sent = format!(
+        "http snapshot sent (digest, {} bytes, sha256 {hex})",
+        image.body.len()
+    );
+    let porch_log = porch.stdout();
+    assert!(porch_log.contains(&sent), "{sent} not in:\n{porch_log}");
+    assert!(
+        porch_log.contains("http snapshot unauthorized (no credentials)"),
+        "camgate sent a login before the camera asked:\n{porch_log}"
+    );
+    // Basic, as the shed camera asks.
+    let image = snapshot(gw, "shed", admin);
+    assert_eq!(image.status, 200, "{}", String::from_utf8_lossy(&image.body));
+    assert!(image.body.starts_with(&[0xff, 0xd8]));
+    assert!(
+        shed.stdout().contains("http snapshot sent (basic, "),
+        "{}",
+        shed.stdout()
+    );
+
+    let none = snapshot(gw, "garage", admin);
+    assert_eq!(none.status, 404);
+    assert!(none.error().contains("offers no snapshot"), "{}", none.error());
+    let unknown = snapshot(gw, "attic", admin);
+    assert_eq!(unknown.status, 404);
+    assert!(
+        unknown.error().contains("no [[camera]] named \"attic\""),
+        "{}",
+        unknown.error()
+    );
+
+    // The porch camera's password in the config goes wrong: the camera refuses it, in words.
+    const WRONG: &str = "not-the-porch-password";
+    camgate.write_config(&format!("{base}{}", logins(WRONG)));
+    camgate.reload();
+    let refused = snapshot(gw, "porch", admin);
+    assert_eq!(refused.status, 502);
+    assert!(refused.content_type.starts_with("application/json"));
+    assert!(
+        refused.error().contains("the camera refused its login"),
+        "{}",
+        refused.error()
+    );
+    assert!(
+        porch.stdout().contains("http snapshot unauthorized (bad digest)"),
+        "{}",
+        porch.stdout()
+    );
+    let log = camgate.stderr();
+    assert!(log.contains("no snapshot: the camera refused its login"), "{log}");
+    assert!(
+        !log.contains(WRONG) && !log.contains("secret"),
+        "a camera password in the log:\n{log}"
+    );
+}

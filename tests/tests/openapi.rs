@@ -216,7 +216,9 @@ fn the_document_and_the_router_agree() {
         // Path parameters: any value reaches the handler (which may answer 400 or 404 in JSON).
         let path = path
             .replace("{address}", "192.0.2.7")
-            .replace("{id}", "0123456789abcdef");
+            .replace("{id}", "0123456789abcdef")
+            .replace("{camera}", "porch")
+            .replace("{stream}", "main");
         assert!(
             !path.contains('{'),
             "a path parameter this test does not fill in: {path}"

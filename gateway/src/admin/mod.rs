@@ -7,6 +7,7 @@ pub mod apply;
 pub mod claim;
 mod credentials;
 mod lan;
+mod live;
 pub mod metrics;
 mod wizard;
 
@@ -97,7 +98,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events", get(list_events))
         .route("/api/cameras", get(list_cameras))
         .route("/api/cameras/discover", post(discover_cameras))
+        .route("/api/cameras/{camera}/snapshot", get(camera_snapshot))
         .route("/api/streams", get(list_streams))
+        .route("/api/streams/{camera}/{stream}/live", get(live::live))
         .route(
             "/api/cameras/rtsp-test",
             post(wizard::test_rtsp).layer(DefaultBodyLimit::max(claim::MAX_BODY_BYTES)),
@@ -209,7 +212,7 @@ async fn request_context(State(state): State<AppState>, request: Request, next: 
         (
             header::CONTENT_SECURITY_POLICY,
             "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; \
-             form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+             media-src blob:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
         ),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
@@ -328,6 +331,30 @@ async fn discover_cameras(State(state): State<AppState>) -> Response {
             tracing::warn!("ONVIF discovery: {e}");
             (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
         }
+    }
+}
+
+/// A still image from a `[[camera]]` (`cameras::snapshot`): JPEG or PNG as
+/// the camera sent it, never cached; 404 until a discovery found its
+/// snapshot URI, 502/504 for what the camera did.
+async fn camera_snapshot(
+    State(state): State<AppState>,
+    path: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let name = match path {
+        Ok(Path(name)) => name,
+        Err(rejection) => return api_error(rejection.status(), rejection.body_text()),
+    };
+    match state.cameras.snapshot(&name).await {
+        Ok(snapshot) => (
+            [
+                (header::CONTENT_TYPE, snapshot.content_type),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            snapshot.image,
+        )
+            .into_response(),
+        Err(e) => api_error(e.status(), e.to_string()),
     }
 }
 

@@ -2,11 +2,12 @@
 //! 239.255.255.250:3702 from camgate's camera address (discovery is
 //! link-local: it cannot cross from the LAN), the answers gathered for a
 //! few seconds, then each device with a login in `[[camera]]` asked for its
-//! media profiles and their RTSP URLs.
+//! media profiles, their RTSP URLs and their snapshot URLs.
 //!
 //! Cameras are untrusted: only answers from the camera subnet count, and a
 //! device's service URL is followed only when it names the address the
-//! answer came from (a camera cannot send camgate to the LAN).
+//! answer came from (a camera cannot send camgate to the LAN); so are its
+//! media service and its snapshot URLs, which camgate fetches later.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -64,9 +65,7 @@ pub struct Device {
 /// answering device with a login among `known` for its stream URLs.
 pub async fn discover(camgate: Ipv4Net, known: &[KnownCamera]) -> Result<Vec<Device>, DiscoveryError> {
     let mut devices = probe(camgate).await?;
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build_http();
+    let client = client();
     let mut asking = tokio::task::JoinSet::new();
     for (index, device) in devices.iter().enumerate() {
         let login = known
@@ -89,6 +88,16 @@ pub async fn discover(camgate: Ipv4Net, known: &[KnownCamera]) -> Result<Vec<Dev
         }
     }
     Ok(devices)
+}
+
+/// Plain HTTP to cameras, a connection per request (cameras are slow to
+/// close idle ones, and few keep them).
+pub(super) type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub(super) fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http()
 }
 
 async fn probe(camgate: Ipv4Net) -> Result<Vec<Device>, DiscoveryError> {
@@ -174,9 +183,10 @@ fn device(text: &str, message_id: &str, from: Ipv4Addr) -> Result<Device, String
 }
 
 /// GetSystemDateAndTime (the camera's clock, for the token's timestamp),
-/// GetCapabilities (the media service), GetProfiles, GetStreamUri each.
+/// GetCapabilities (the media service), GetProfiles, GetStreamUri and
+/// GetSnapshotUri each.
 async fn stream_profiles(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &HttpClient,
     xaddr: &str,
     login: &CameraLogin,
 ) -> Result<Vec<Profile>, String> {
@@ -215,6 +225,7 @@ async fn stream_profiles(
     let mut profiles =
         onvif::profiles(&call(client, &media_service, Some(&token()), onvif::GET_PROFILES).await?)
             .map_err(explain)?;
+    let mut ask_snapshots = true;
     for profile in &mut profiles {
         let answer = call(
             client,
@@ -224,8 +235,72 @@ async fn stream_profiles(
         )
         .await?;
         profile.stream_uri = Some(onvif::stream_uri(&answer).map_err(explain)?);
+        if ask_snapshots {
+            let snapshot = call(
+                client,
+                &media_service,
+                Some(&token()),
+                &onvif::get_snapshot_uri(&profile.token),
+            )
+            .await;
+            (profile.snapshot_uri, ask_snapshots) = snapshot_uri(snapshot, &device_service, &profile.token);
+        }
     }
     Ok(profiles)
+}
+
+/// GetSnapshotUri's `answer` for a profile, kept only when on the camera,
+/// and whether to ask for the next profile's. Snapshots are optional in
+/// ONVIF: a fault is no snapshot, not a failed discovery; a camera that has
+/// none (ActionNotSupported) or does not answer is not asked again.
+fn snapshot_uri(
+    answer: Result<String, String>,
+    device_service: &http::Uri,
+    profile: &str,
+) -> (Option<String>, bool) {
+    let camera = device_service.host().unwrap_or_default();
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(why) => {
+            tracing::debug!(%camera, %profile, "GetSnapshotUri: {why}");
+            return (None, false);
+        }
+    };
+    match onvif::snapshot_uri(&answer) {
+        Ok(uri) => {
+            let own = on_camera(&uri, device_service);
+            if own.is_none() {
+                // Not the URI itself: some cameras put their login in it.
+                tracing::info!(%camera, %profile,
+                    "ignored a snapshot URI that is not plain HTTP on the camera's own address");
+            }
+            (own, true)
+        }
+        Err(OnvifError::Fault(fault)) => {
+            tracing::debug!(%camera, %profile, "no snapshot: {fault}");
+            (None, !fault.contains("ActionNotSupported"))
+        }
+        Err(e) => {
+            tracing::debug!(%camera, %profile, "GetSnapshotUri: {e}");
+            (None, true)
+        }
+    }
+}
+
+/// `uri` if it is plain HTTP on the camera whose device service is
+/// `device_service` (any port): a camera cannot send camgate elsewhere. A
+/// login in it is dropped (camgate logs in with `[[camera]]`'s own, and the
+/// report shows no password).
+fn on_camera(uri: &str, device_service: &http::Uri) -> Option<String> {
+    let parsed = uri.parse::<http::Uri>().ok()?;
+    let authority = parsed.authority()?;
+    let own = parsed.scheme_str() == Some("http")
+        && device_service.host().is_some_and(|host| authority.host() == host);
+    let host_port = authority.as_str().rsplit('@').next()?;
+    let target = parsed
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    own.then(|| format!("http://{host_port}{target}"))
 }
 
 fn explain(error: OnvifError) -> String {
@@ -240,7 +315,7 @@ fn explain(error: OnvifError) -> String {
 /// One SOAP call; the answer's text whatever the HTTP status (ONVIF faults
 /// come with 400 or 500).
 async fn call(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &HttpClient,
     service: &http::Uri,
     security: Option<&str>,
     body: &str,
@@ -328,6 +403,71 @@ mod tests {
                 "{elsewhere}"
             );
         }
+    }
+
+    #[test]
+    fn snapshot_uris_are_kept_only_on_the_camera() {
+        let service: http::Uri = "http://10.77.0.11:8000/onvif/device_service".parse().unwrap();
+        for own in [
+            "http://10.77.0.11:8000/snapshot.jpg",
+            "http://10.77.0.11/onvif-http/snapshot?Profile_1",
+            "http://10.77.0.11:80/cgi-bin/snapshot.cgi?channel=1",
+        ] {
+            assert_eq!(on_camera(own, &service).as_deref(), Some(own));
+        }
+        assert_eq!(
+            on_camera("http://admin:secret@10.77.0.11/snapshot.jpg", &service).as_deref(),
+            Some("http://10.77.0.11/snapshot.jpg"),
+            "a login in the URI is dropped"
+        );
+        assert_eq!(
+            on_camera("http://10.77.0.11:8000", &service).as_deref(),
+            Some("http://10.77.0.11:8000/")
+        );
+        for elsewhere in [
+            "http://192.168.77.50:8000/snapshot.jpg",
+            "http://10.77.0.110/snapshot.jpg",
+            "https://10.77.0.11/snapshot.jpg",
+            "http://10.77.0.11@192.168.77.50/snapshot.jpg",
+            "http://10.77.0.11:8000@192.168.77.50/snapshot.jpg",
+            "/snapshot.jpg",
+            "rtsp://10.77.0.11/snapshot",
+            "not a uri",
+        ] {
+            assert_eq!(on_camera(elsewhere, &service), None, "{elsewhere}");
+        }
+        let answer = |uri: &str| {
+            Ok(format!(
+                "<e:Envelope xmlns:e=\"x\"><e:Body><GetSnapshotUriResponse><MediaUri><Uri>{uri}</Uri></MediaUri></GetSnapshotUriResponse></e:Body></e:Envelope>"
+            ))
+        };
+        assert_eq!(
+            snapshot_uri(answer("http://10.77.0.11:8000/s.jpg"), &service, "main"),
+            (Some("http://10.77.0.11:8000/s.jpg".to_owned()), true)
+        );
+        assert_eq!(
+            snapshot_uri(answer("http://192.168.77.50/s.jpg"), &service, "main"),
+            (None, true)
+        );
+        let fault = |subcode: &str| {
+            Ok(format!(
+                "<e:Envelope xmlns:e=\"x\"><e:Body><e:Fault><e:Code><e:Value>e:Receiver</e:Value><e:Subcode><e:Value>ter:{subcode}</e:Value></e:Subcode></e:Code></e:Fault></e:Body></e:Envelope>"
+            ))
+        };
+        assert_eq!(
+            snapshot_uri(fault("ActionNotSupported"), &service, "main"),
+            (None, false),
+            "no snapshots on this camera: not asked again"
+        );
+        assert_eq!(
+            snapshot_uri(fault("NoProfile"), &service, "main"),
+            (None, true),
+            "another profile may have one"
+        );
+        assert_eq!(
+            snapshot_uri(Err("no answer in 5s".to_owned()), &service, "main"),
+            (None, false)
+        );
     }
 
     #[test]

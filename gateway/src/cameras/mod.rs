@@ -11,6 +11,7 @@ pub mod dnsmasq;
 pub mod onvif;
 mod report;
 pub mod rtsp_check;
+pub mod snapshot;
 
 pub use report::{CameraReport, CameraView, DiscoverError};
 

@@ -3,7 +3,7 @@
 //! answers.
 //!
 //! Hand-written over roxmltree rather than a generated ONVIF client: camgate
-//! needs four calls, and cameras vary their prefixes and schema versions,
+//! needs five calls, and cameras vary their prefixes and schema versions,
 //! so answers are read by element local name, never by prefix.
 
 use base64::Engine;
@@ -35,7 +35,7 @@ pub struct ProbeMatch {
     pub scopes: Vec<String>,
 }
 
-/// A media profile and, once asked, its RTSP URL.
+/// A media profile and, once asked, its RTSP URL and its snapshot URL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Profile {
     pub token: String,
@@ -44,6 +44,10 @@ pub struct Profile {
     pub width: Option<u32>,
     pub height: Option<u32>,
     pub stream_uri: Option<String>,
+    /// A JPEG (or PNG) of the profile over plain HTTP on the camera itself;
+    /// none when the camera has no snapshots (a SOAP fault, as many answer)
+    /// or names another host.
+    pub snapshot_uri: Option<String>,
 }
 
 fn parse(text: &str) -> Result<Document<'_>, OnvifError> {
@@ -185,6 +189,13 @@ pub fn get_stream_uri(profile_token: &str) -> String {
     )
 }
 
+pub fn get_snapshot_uri(profile_token: &str) -> String {
+    format!(
+        "<trt:GetSnapshotUri><trt:ProfileToken>{}</trt:ProfileToken></trt:GetSnapshotUri>",
+        escape(profile_token)
+    )
+}
+
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -266,6 +277,7 @@ pub fn profiles(text: &str) -> Result<Vec<Profile>, OnvifError> {
                 width: dimension("Width"),
                 height: dimension("Height"),
                 stream_uri: None,
+                snapshot_uri: None,
             })
         })
         .collect();
@@ -276,6 +288,15 @@ pub fn profiles(text: &str) -> Result<Vec<Profile>, OnvifError> {
 }
 
 pub fn stream_uri(text: &str) -> Result<String, OnvifError> {
+    media_uri(text)
+}
+
+/// GetSnapshotUri's answer: a `MediaUri` like GetStreamUri's.
+pub fn snapshot_uri(text: &str) -> Result<String, OnvifError> {
+    media_uri(text)
+}
+
+fn media_uri(text: &str) -> Result<String, OnvifError> {
     let document = answer(text)?;
     first(document.root(), "MediaUri")
         .and_then(|uri| text_of(uri, "Uri"))
@@ -381,6 +402,16 @@ mod tests {
         let uri = r#"<e:Envelope xmlns:e="x"><e:Body><trt:GetStreamUriResponse xmlns:trt="m" xmlns:tt="t"><trt:MediaUri><tt:Uri>rtsp://10.77.0.11:554/main</tt:Uri><tt:InvalidAfterConnect>false</tt:InvalidAfterConnect></trt:MediaUri></trt:GetStreamUriResponse></e:Body></e:Envelope>"#;
         assert_eq!(stream_uri(uri).unwrap(), "rtsp://10.77.0.11:554/main");
         assert!(get_stream_uri("a<b").contains("<trt:ProfileToken>a&lt;b</trt:ProfileToken>"));
+        // Hikvision-style: a query, escaped in the XML.
+        let snapshot = r#"<e:Envelope xmlns:e="x"><e:Body><trt:GetSnapshotUriResponse xmlns:trt="m" xmlns:tt="t"><trt:MediaUri><tt:Uri>http://10.77.0.11/onvif-http/snapshot?Profile_1&amp;size=1</tt:Uri><tt:InvalidAfterConnect>false</tt:InvalidAfterConnect><tt:InvalidAfterReboot>false</tt:InvalidAfterReboot><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri></trt:GetSnapshotUriResponse></e:Body></e:Envelope>"#;
+        assert_eq!(
+            snapshot_uri(snapshot).unwrap(),
+            "http://10.77.0.11/onvif-http/snapshot?Profile_1&size=1"
+        );
+        assert_eq!(
+            get_snapshot_uri("main&1"),
+            "<trt:GetSnapshotUri><trt:ProfileToken>main&amp;1</trt:ProfileToken></trt:GetSnapshotUri>"
+        );
     }
 
     #[test]
@@ -393,6 +424,14 @@ mod tests {
             ))
         );
         assert_eq!(stream_uri("<a/>"), Err(OnvifError::Missing("MediaUri")));
+        // Many cameras have no snapshots: a fault, read as one.
+        let unsupported = r#"<env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope"><env:Body><env:Fault><env:Code><env:Value>env:Receiver</env:Value><env:Subcode><env:Value>ter:ActionNotSupported</env:Value></env:Subcode></env:Code><env:Reason><env:Text xml:lang="en">Action not implemented</env:Text></env:Reason></env:Fault></env:Body></env:Envelope>"#;
+        assert_eq!(
+            snapshot_uri(unsupported),
+            Err(OnvifError::Fault(
+                "ActionNotSupported: Action not implemented".to_owned()
+            ))
+        );
     }
 
     proptest::proptest! {
@@ -402,6 +441,7 @@ mod tests {
             let _ = system_time(&text);
             let _ = profiles(&text);
             let _ = stream_uri(&text);
+            let _ = snapshot_uri(&text);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What cameras revealed, per camera and bounded: their leases, the names
 //! they tried to resolve (dnsmasq's query log) and what they tried to reach
-//! that the firewall blocked (its NFLOG log) — the phone-home report.
+//! that the firewall blocked (its NFLOG log) — the phone-home report; and
+//! what the last ONVIF discovery found, which snapshots are taken from.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 use super::discovery::{self, Device, DiscoveryError};
 use super::dnsmasq;
+use super::snapshot::{self, Snapshot, SnapshotError};
 use crate::config::network::KnownCamera;
 use crate::firewall::blocked::{Attempt, AttemptSink, Kind};
 
@@ -143,6 +145,32 @@ impl CameraReport {
         let devices = discovery::discover(segment.address, &segment.known).await?;
         lock(&self.onvif).clone_from(&devices);
         Ok(devices)
+    }
+
+    /// A still image from the `[[camera]]` named `name`, from the snapshot
+    /// URI the last discovery found for its address, with its login as the
+    /// config has it now.
+    pub async fn snapshot(&self, name: &str) -> Result<Snapshot, SnapshotError> {
+        let segment = self.segment.load_full();
+        let camera = segment
+            .as_deref()
+            .and_then(|segment| segment.known.iter().find(|k| k.name == name))
+            .ok_or_else(|| SnapshotError::UnknownCamera(name.to_owned()))?;
+        let uri = {
+            let onvif = lock(&self.onvif);
+            let device = onvif
+                .iter()
+                .find(|d| d.address == camera.address)
+                .ok_or(SnapshotError::NotDiscovered)?;
+            snapshot::choose(&device.profiles)
+                .map(str::to_owned)
+                .ok_or_else(|| SnapshotError::NoSnapshot(device.error.clone()))?
+        };
+        let result = snapshot::fetch(&uri, camera.address, camera.login.as_ref()).await;
+        if let Err(e) = &result {
+            tracing::info!(camera = %camera.name, address = %camera.address, "no snapshot: {e}");
+        }
+        result
     }
 
     pub(super) fn record_query(&self, query: &dnsmasq::Query, now: u64) {

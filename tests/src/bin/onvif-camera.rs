@@ -1,15 +1,20 @@
 //! A WS-Discovery + ONVIF camera for the integration tests: no Debian package simulates one, so the tests
 //! run this inside a camera namespace. It answers multicast Probes with a ProbeMatches by unicast (from
 //! `ADDRESS:3702`, the port camgate's camera-side rules accept replies from), and serves just enough of the
-//! ONVIF device and media services over HTTP/SOAP for a client to find its RTSP streams.
+//! ONVIF device and media services over HTTP/SOAP for a client to find its RTSP streams and its snapshot:
+//! GetSnapshotUri names `http://ADDRESS:PORT/snapshot.jpg`, a 64×48 JPEG served with a GET behind HTTP
+//! Digest (MD5, `qop=auth`, the camera's nonces only) or Basic with the same user and password.
 //!
 //! Usage: `onvif-camera --address IPV4 --http-port PORT --name NAME --hardware MODEL --user USER
-//! --password PASSWORD [--profiles NAME:WxH:ENCODING,...] [--clock-offset-secs N] [--malformed]`.
+//! --password PASSWORD [--profiles NAME:WxH:ENCODING,...] [--clock-offset-secs N] [--malformed]
+//! [--snapshot-auth digest|basic] [--no-snapshot]` (`--no-snapshot`: GetSnapshotUri answers
+//! ActionNotSupported, as many cameras do, and there is no `/snapshot.jpg`).
 //!
 //! Stdout, one line per event: `ready` once all sockets are bound; `probe from ADDR`, `sent ProbeMatches
 //! to ADDR`, `sent malformed N/6 KIND (BYTES bytes) to ADDR` (`--malformed`), `ignored datagram from ADDR
 //! (WHY)`; `http GetSystemDateAndTime`, `http OP authorized`, `http OP unauthorized (WHY)`, `http
-//! GetStreamUri authorized (no profile "TOKEN")`, `http OP not supported[ on PATH]`, `http STATUS (WHY)`.
+//! GetStreamUri authorized (no profile "TOKEN")`, `http OP not supported[ on PATH]`, `http STATUS (WHY)`;
+//! `http snapshot unauthorized (WHY)`, `http snapshot sent (SCHEME, BYTES bytes, sha256 HEX)`.
 //!
 //! Requests are read by scanning for element local names, so a client's namespace prefixes do not
 //! matter; replies use gSOAP-style prefixes (`SOAP-ENV:`, `wsdd:`) as many real cameras do, so a client
@@ -20,26 +25,46 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use md5::{Digest as _, Md5};
 use ring::digest;
 
 const USAGE: &str = "usage: onvif-camera --address IPV4 --http-port PORT --name NAME --hardware MODEL \
                      --user USER --password PASSWORD [--profiles NAME:WxH:ENCODING,...] \
-                     [--clock-offset-secs N] [--malformed]";
-const VALUE_FLAGS: &str =
-    "--address --http-port --name --hardware --user --password --profiles --clock-offset-secs";
+                     [--clock-offset-secs N] [--malformed] [--snapshot-auth digest|basic] [--no-snapshot]";
+const VALUE_FLAGS: &str = "--address --http-port --name --hardware --user --password --profiles \
+                           --clock-offset-secs --snapshot-auth";
 const DEFAULT_PROFILES: &str = "main:1920x1080:H264,sub:640x360:H264";
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 255, 250);
 const DISCOVERY_PORT: u16 = 3702;
 const PROBE_ACTION: &str = "http://schemas.xmlsoap.org/ws/2005/04/discovery/Probe";
 const DEVICE_PATH: &str = "/onvif/device_service";
 const MEDIA_PATH: &str = "/onvif/media_service";
+const SNAPSHOT_PATH: &str = "/snapshot.jpg";
+/// The Digest and Basic realm of `/snapshot.jpg`.
+const REALM: &str = "onvif-camera";
+/// Digest nonces the camera remembers (the newest): a client answers the one it was just given.
+const MAX_NONCES: usize = 64;
+/// A 64×48 red JPEG, made once with `ffmpeg -f lavfi -i color=c=red:s=64x48 -frames:v 1 -flags +bitexact
+/// -fflags +bitexact`: small, decodable, and the same bytes every run.
+const SNAPSHOT_JPEG: &[u8] = b"\
+    \xff\xd8\xff\xe0\x00\x10\x4a\x46\x49\x46\x00\x01\x02\x00\x00\x01\x00\x01\x00\x00\xff\xdb\x00\x43\
+    \x00\x08\x04\x04\x04\x04\x04\x05\x05\x05\x05\x05\x05\x06\x06\x06\x06\x06\x06\x06\x06\x06\x06\x06\
+    \x06\x06\x07\x07\x07\x08\x08\x08\x07\x07\x07\x06\x06\x07\x07\x08\x08\x08\x08\x09\x09\x09\x08\x08\
+    \x08\x08\x09\x09\x0a\x0a\x0a\x0c\x0c\x0b\x0b\x0e\x0e\x0e\x11\x11\x14\xff\xc4\x00\x4d\x00\x01\x01\
+    \x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x06\x01\x01\x01\x01\x00\x00\x00\x00\
+    \x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x06\x07\x10\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+    \x00\x00\x00\x00\x00\x00\x11\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+    \xff\xc0\x00\x11\x08\x00\x30\x00\x40\x03\x01\x22\x00\x02\x11\x00\x03\x11\x00\xff\xda\x00\x0c\x03\
+    \x01\x00\x02\x11\x03\x11\x00\x3f\x00\x8b\x01\x28\xdf\xc0\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\
+    \x00\x00\x00\x00\x00\x01\xff\xd9\
+";
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 1 << 20;
 /// How far a UsernameToken's Created may be from the camera's clock (what real cameras allow, roughly).
@@ -156,6 +181,12 @@ struct Camera {
     profiles: Vec<Profile>,
     clock_offset: i64,
     malformed: bool,
+    /// `--no-snapshot` makes it false.
+    snapshot: bool,
+    /// `/snapshot.jpg`'s login: Digest (most cameras) or Basic.
+    snapshot_basic: bool,
+    /// The Digest nonces given out, newest last.
+    nonces: Mutex<Vec<String>>,
     /// WS-Discovery `InstanceId`: the start time, as real devices use a boot counter or time.
     instance: u64,
 }
@@ -164,10 +195,12 @@ impl Camera {
     fn from_args(args: &[String]) -> Result<Self, String> {
         let mut values = HashMap::new();
         let mut malformed = false;
+        let mut snapshot = true;
         let mut rest = args.iter();
         while let Some(flag) = rest.next() {
             match flag.as_str() {
                 "--malformed" => malformed = true,
+                "--no-snapshot" => snapshot = false,
                 flag if VALUE_FLAGS.split(' ').any(|f| f == flag) => {
                     let value = rest.next().ok_or_else(|| format!("{flag} needs a value"))?;
                     if values.insert(flag, value.as_str()).is_some() {
@@ -192,6 +225,13 @@ impl Camera {
                 None => 0,
             },
             malformed,
+            snapshot,
+            snapshot_basic: match values.get("--snapshot-auth").copied() {
+                None | Some("digest") => false,
+                Some("basic") => true,
+                Some(_) => return Err(bad("--snapshot-auth")),
+            },
+            nonces: Mutex::new(Vec::new()),
             instance: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(1, |d| d.as_secs()),
@@ -422,15 +462,31 @@ fn percent_encode(text: &str) -> String {
 
 // ---- ONVIF over HTTP ----
 
-/// Status, content type, body.
-struct Reply(u16, &'static str, String);
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    /// A 401's `WWW-Authenticate`.
+    challenge: Option<String>,
+}
+
+impl Reply {
+    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status,
+            content_type,
+            body: body.into(),
+            challenge: None,
+        }
+    }
+}
 
 fn soap(status: u16, body: &str) -> Reply {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <SOAP-ENV:Envelope {NS}><SOAP-ENV:Body>{body}</SOAP-ENV:Body></SOAP-ENV:Envelope>"
     );
-    Reply(status, SOAP, body)
+    Reply::new(status, SOAP, body)
 }
 
 /// A SOAP 1.2 Fault (HTTP 400) with ONVIF's nested subcodes.
@@ -450,35 +506,43 @@ fn fault(code: &str, subcodes: &[&str], reason: &str) -> Reply {
 
 fn plain(status: u16, why: &str) -> Reply {
     event(&format!("http {status} ({why})"));
-    Reply(status, TEXT, format!("{why}\n"))
+    Reply::new(status, TEXT, format!("{why}\n"))
 }
 
 fn connection(mut stream: TcpStream, camera: &Camera) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
     let reply = match read_request(&mut stream) {
-        Ok((path, body)) => handle(camera, &path, &body),
+        Ok(request) if request.method == "GET" => snapshot(camera, &request),
+        Ok(request) => handle(camera, &request.path, &request.body),
         Err(reply) => reply,
     };
-    let Reply(status, content_type, body) = reply;
+    let Reply {
+        status,
+        content_type,
+        body,
+        challenge,
+    } = reply;
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         411 => "Length Required",
         413 => "Content Too Large",
         _ => "Request Header Fields Too Large",
     };
+    let challenge = challenge.map_or(String::new(), |c| format!("WWW-Authenticate: {c}\r\n"));
     let head = format!(
         "HTTP/1.1 {} {reason}\r\nServer: onvif-camera\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
+         {challenge}Connection: close\r\n\r\n",
         status,
         content_type,
         body.len()
     );
     if stream
         .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body.as_bytes()))
+        .and_then(|()| stream.write_all(&body))
         .is_ok()
     {
         // Drain what the client still sends (a body we refused) so closing does not reset the
@@ -489,8 +553,16 @@ fn connection(mut stream: TcpStream, camera: &Camera) {
     }
 }
 
-/// The path and body of one POST, or the answer to give instead.
-fn read_request(stream: &mut TcpStream) -> Result<(String, String), Reply> {
+/// One request the camera serves: a POST to a service, or `GET /snapshot.jpg`.
+struct Request {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    body: String,
+}
+
+/// One request, or the answer to give instead.
+fn read_request(stream: &mut TcpStream) -> Result<Request, Reply> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_len = loop {
@@ -522,7 +594,12 @@ fn read_request(stream: &mut TcpStream) -> Result<(String, String), Reply> {
         .split('?')
         .next()
         .unwrap_or_default();
-    if method != "POST" || (path != DEVICE_PATH && path != MEDIA_PATH) {
+    let served = match method {
+        "POST" => path == DEVICE_PATH || path == MEDIA_PATH,
+        "GET" => path == SNAPSHOT_PATH,
+        _ => false,
+    };
+    if !served {
         return Err(plain(404, &format!("{method} {path}")));
     }
     if header("transfer-encoding").is_some() {
@@ -537,7 +614,8 @@ fn read_request(stream: &mut TcpStream) -> Result<(String, String), Reply> {
     if header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
         let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
     }
-    let path = path.to_owned();
+    let (method, path) = (method.to_owned(), path.to_owned());
+    let authorization = header("authorization");
     let mut body = buf.split_off(head_len);
     body.truncate(length);
     let mut rest = vec![0; length - body.len()];
@@ -546,7 +624,12 @@ fn read_request(stream: &mut TcpStream) -> Result<(String, String), Reply> {
         .map_err(|e| plain(400, &format!("body: {e}")))?;
     body.extend_from_slice(&rest);
     let body = String::from_utf8(body).map_err(|_| plain(400, "body is not UTF-8"))?;
-    Ok((path, body))
+    Ok(Request {
+        method,
+        path,
+        authorization,
+        body,
+    })
 }
 
 fn handle(camera: &Camera, path: &str, body: &str) -> Reply {
@@ -559,6 +642,7 @@ fn handle(camera: &Camera, path: &str, body: &str) -> Reply {
     let service = match operation {
         "GetSystemDateAndTime" | "GetCapabilities" => DEVICE_PATH,
         "GetProfiles" | "GetStreamUri" => MEDIA_PATH,
+        "GetSnapshotUri" if camera.snapshot => MEDIA_PATH,
         _ => {
             event(&format!("http {operation} not supported"));
             return not_supported();
@@ -596,13 +680,27 @@ fn handle(camera: &Camera, path: &str, body: &str) -> Reply {
                 .iter()
                 .find(|p| format!("{}_token", p.name) == token)
             else {
-                event(&format!("http GetStreamUri authorized (no profile {token:?})"));
+                event(&format!("http {operation} authorized (no profile {token:?})"));
                 return fault(
                     "Sender",
                     &["ter:InvalidArgVal", "ter:NoProfile"],
                     "Profile token does not exist",
                 );
             };
+            if operation == "GetSnapshotUri" {
+                // One picture for every profile, as most cameras do.
+                event(&format!("http {operation} authorized"));
+                return soap(
+                    200,
+                    &format!(
+                        "<trt:GetSnapshotUriResponse><trt:MediaUri><tt:Uri>{}</tt:Uri>\
+                         <tt:InvalidAfterConnect>false</tt:InvalidAfterConnect><tt:InvalidAfterReboot>false\
+                         </tt:InvalidAfterReboot><tt:Timeout>PT0S</tt:Timeout></trt:MediaUri>\
+                         </trt:GetSnapshotUriResponse>",
+                        camera.xaddr(SNAPSHOT_PATH)
+                    ),
+                );
+            }
             format!(
                 "<trt:GetStreamUriResponse><trt:MediaUri><tt:Uri>rtsp://{}:554/{}</tt:Uri>\
                  <tt:InvalidAfterConnect>false</tt:InvalidAfterConnect><tt:InvalidAfterReboot>false\
@@ -614,6 +712,141 @@ fn handle(camera: &Camera, path: &str, body: &str) -> Reply {
     };
     event(&format!("http {operation} authorized"));
     soap(200, &reply)
+}
+
+// ---- The snapshot, behind HTTP Digest or Basic ----
+
+/// `GET /snapshot.jpg`: the JPEG for the camera's user and password, else a 401 with a challenge.
+fn snapshot(camera: &Camera, request: &Request) -> Reply {
+    if !camera.snapshot {
+        return plain(404, &format!("GET {} (no snapshots)", request.path));
+    }
+    let checked = match &request.authorization {
+        None => Err("no credentials".to_owned()),
+        Some(authorization) if camera.snapshot_basic => camera.check_basic(authorization),
+        Some(authorization) => camera.check_digest(authorization, &request.method, &request.path),
+    };
+    if let Err(why) = checked {
+        event(&format!("http snapshot unauthorized ({why})"));
+        let challenge = if camera.snapshot_basic {
+            format!("Basic realm=\"{REALM}\"")
+        } else {
+            format!(
+                "Digest realm=\"{REALM}\", qop=\"auth\", nonce=\"{}\", algorithm=MD5",
+                camera.new_nonce()
+            )
+        };
+        return Reply {
+            challenge: Some(challenge),
+            ..Reply::new(401, TEXT, "401 Unauthorized\n")
+        };
+    }
+    let sha256 = digest::digest(&digest::SHA256, SNAPSHOT_JPEG);
+    let hex: String = sha256.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let scheme = if camera.snapshot_basic { "basic" } else { "digest" };
+    event(&format!(
+        "http snapshot sent ({scheme}, {} bytes, sha256 {hex})",
+        SNAPSHOT_JPEG.len()
+    ));
+    Reply::new(200, "image/jpeg", SNAPSHOT_JPEG)
+}
+
+impl Camera {
+    fn new_nonce(&self) -> String {
+        let nonce = format!("{:032x}", fastrand::u128(..));
+        let mut nonces = self.nonces.lock().unwrap_or_else(PoisonError::into_inner);
+        if nonces.len() >= MAX_NONCES {
+            nonces.remove(0);
+        }
+        nonces.push(nonce.clone());
+        nonce
+    }
+
+    fn check_basic(&self, authorization: &str) -> Result<(), String> {
+        let encoded = authorization.strip_prefix("Basic ").ok_or("not Basic")?;
+        let decoded = BASE64.decode(encoded.trim()).map_err(|_| "bad Base64")?;
+        let expected = format!("{}:{}", self.user, self.password);
+        if decoded != expected.as_bytes() {
+            return Err("wrong user or password".to_owned());
+        }
+        Ok(())
+    }
+
+    /// RFC 7616 with MD5 and `qop=auth`, on a nonce this camera gave out.
+    fn check_digest(&self, authorization: &str, method: &str, path: &str) -> Result<(), String> {
+        let fields = authorization
+            .strip_prefix("Digest ")
+            .map(digest_fields)
+            .ok_or("not Digest")?;
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(name))
+                .map(|(_, value)| value.as_str())
+        };
+        if field("username") != Some(self.user.as_str()) {
+            return Err("unknown user".to_owned());
+        }
+        if field("realm") != Some(REALM) || field("uri") != Some(path) || field("qop") != Some("auth") {
+            return Err("realm, uri or qop not this request's".to_owned());
+        }
+        if !field("algorithm").is_none_or(|a| a.eq_ignore_ascii_case("MD5")) {
+            return Err("not MD5".to_owned());
+        }
+        let nonce = field("nonce").ok_or("no nonce")?;
+        let known = self.nonces.lock().unwrap_or_else(PoisonError::into_inner);
+        if !known.iter().any(|n| n == nonce) {
+            return Err("unknown nonce".to_owned());
+        }
+        drop(known);
+        let (nc, cnonce) = (field("nc").ok_or("no nc")?, field("cnonce").ok_or("no cnonce")?);
+        let md5 = |text: String| -> String {
+            Md5::digest(text.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let ha1 = md5(format!("{}:{REALM}:{}", self.user, self.password));
+        let ha2 = md5(format!("{method}:{path}"));
+        let expected = md5(format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+        if field("response") != Some(expected.as_str()) {
+            return Err("bad digest".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// A Digest `Authorization`'s `name=value` and `name="quoted value"` pairs.
+fn digest_fields(text: &str) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    let mut rest = text.trim_start();
+    while let Some(equals) = rest.find('=') {
+        let name = rest[..equals].trim().trim_start_matches(',').trim().to_owned();
+        rest = rest[equals + 1..].trim_start();
+        let mut value = String::new();
+        if let Some(quoted) = rest.strip_prefix('"') {
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((at, c)) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                    '"' => {
+                        end = at + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            rest = &quoted[end..];
+        } else {
+            let end = rest.find(',').unwrap_or(rest.len());
+            value = rest[..end].trim().to_owned();
+            rest = &rest[end..];
+        }
+        fields.push((name, value));
+        rest = rest.trim_start().trim_start_matches(',').trim_start();
+    }
+    fields
 }
 
 fn system_date_and_time(now: i64) -> String {
