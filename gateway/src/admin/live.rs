@@ -372,7 +372,7 @@ fn truncate(text: &str, max: usize) -> &str {
 mod tests {
     use super::{truncate, unplayable};
     use crate::streams::fmp4::Fmp4Error;
-    use crate::streams::media::{Codec, Track};
+    use crate::streams::media::Track;
 
     #[test]
     fn close_reasons_fit_a_close_frame_whole_characters_only() {
@@ -385,18 +385,7 @@ mod tests {
 
     #[test]
     fn a_stream_without_browser_codecs_is_refused_in_words() {
-        let pcma = Track {
-            codec: Codec::Audio {
-                encoding: "PCMA".to_owned(),
-            },
-            payload_type: 8,
-            clock_rate: 8000,
-            channels: Some(1),
-            dimensions: None,
-            frame_rate: None,
-            rfc6381: None,
-            sample_entry: None,
-        };
+        let pcma = Track::audio("PCMA", 8, 8000, Some(1));
         assert_eq!(
             unplayable(&[pcma], &Fmp4Error::NoPlayableTrack),
             "this stream has only PCMA: a browser plays H.264, H.265 and AAC; watch it over RTSP instead"

@@ -517,18 +517,7 @@ mod tests {
                 rfc6381: None,
                 sample_entry: None,
             },
-            Track {
-                codec: Codec::Audio {
-                    encoding: "PCMA".to_owned(),
-                },
-                payload_type: 8,
-                clock_rate: 8000,
-                channels: Some(1),
-                dimensions: None,
-                frame_rate: None,
-                rfc6381: None,
-                sample_entry: None,
-            },
+            Track::audio("PCMA", 8, 8000, Some(1)),
         ]
     }
 

@@ -222,18 +222,12 @@ fn track(stream: &retina::client::Stream) -> Result<Track, SourceError> {
             stream.encoding_name()
         ))
     };
-    let mut track = Track {
-        codec: Codec::Audio {
-            encoding: stream.encoding_name().to_ascii_uppercase(),
-        },
-        payload_type: stream.rtp_payload_type(),
-        clock_rate: stream.clock_rate_hz(),
-        channels: stream.channels().map(std::num::NonZeroU16::get),
-        dimensions: None,
-        frame_rate: None,
-        rfc6381: None,
-        sample_entry: None,
-    };
+    let mut track = Track::audio(
+        &stream.encoding_name().to_ascii_uppercase(),
+        stream.rtp_payload_type(),
+        stream.clock_rate_hz(),
+        stream.channels().map(std::num::NonZeroU16::get),
+    );
     match stream.parameters().ok_or_else(missing)? {
         ParametersRef::Video(video) => {
             track.codec = match video.codec_params() {

@@ -954,18 +954,7 @@ mod tests {
     }
 
     fn pcma_track() -> Track {
-        Track {
-            codec: Codec::Audio {
-                encoding: "PCMA".to_owned(),
-            },
-            payload_type: 8,
-            clock_rate: 8000,
-            channels: Some(1),
-            dimensions: None,
-            frame_rate: None,
-            rfc6381: None,
-            sample_entry: None,
-        }
+        Track::audio("PCMA", 8, 8000, Some(1))
     }
 
     fn frame(track: usize, timestamp: u32, key: bool, data: &[u8]) -> Frame {

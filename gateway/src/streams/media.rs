@@ -55,6 +55,25 @@ pub struct Track {
     pub sample_entry: Option<Bytes>,
 }
 
+impl Track {
+    /// An audio track without sizes or MP4 boxes: G.711 and its kind, and
+    /// the start of any audio track.
+    pub fn audio(encoding: &str, payload_type: u8, clock_rate: u32, channels: Option<u16>) -> Self {
+        Self {
+            codec: Codec::Audio {
+                encoding: encoding.to_owned(),
+            },
+            payload_type,
+            clock_rate,
+            channels,
+            dimensions: None,
+            frame_rate: None,
+            rfc6381: None,
+            sample_entry: None,
+        }
+    }
+}
+
 /// One frame of one track: an access unit of video, or a frame of audio.
 /// Built once by the stream's source and shared (`Arc`) by every consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
