@@ -157,18 +157,21 @@ pub fn credentials_config(dir: &Path) -> (String, String) {
         "[daemon]\nmode = \"dev\"\n[[site]]\nname = \"agentdvr\"\nhosts = [\"agentdvr.test\"]\nupstream = \"{DVR}\"\nprofile = \"agentdvr\"\n"
     );
     std::fs::write(&path, &site).unwrap();
+    let secret = token_create(&path, "ha", "agentdvr", "/grab.jpg?oids=1");
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(!written.contains(&secret), "the config keeps only the digest");
+    let token_block = written.strip_prefix(&site).unwrap().to_owned();
+    (format!("{users}{token_block}"), secret)
+}
+
+/// `camgate token create NAME --site SITE --scope SCOPE --config PATH`: the
+/// secret it prints (the config gets only the digest).
+pub fn token_create(config: &Path, name: &str, site: &str, scope: &str) -> String {
     let created = Command::new(crate::camgate::binary())
         .args([
-            "token",
-            "create",
-            "ha",
-            "--site",
-            "agentdvr",
-            "--scope",
-            "/grab.jpg?oids=1",
-            "--config",
+            "token", "create", name, "--site", site, "--scope", scope, "--config",
         ])
-        .arg(&path)
+        .arg(config)
         .output()
         .unwrap();
     assert!(
@@ -176,11 +179,7 @@ pub fn credentials_config(dir: &Path) -> (String, String) {
         "{}",
         String::from_utf8_lossy(&created.stderr)
     );
-    let secret = String::from_utf8(created.stdout).unwrap().trim().to_owned();
-    let written = std::fs::read_to_string(&path).unwrap();
-    assert!(!written.contains(&secret), "the config keeps only the digest");
-    let token_block = written.strip_prefix(&site).unwrap().to_owned();
-    (format!("{users}{token_block}"), secret)
+    String::from_utf8(created.stdout).unwrap().trim().to_owned()
 }
 
 pub fn basic(user: &str, password: &str) -> String {

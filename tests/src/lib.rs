@@ -9,8 +9,10 @@
 //! - [`lab`]: camgate between WAN and LAN namespaces with fake-dvr behind it.
 //! - [`motion`]: Debian's `motion` as a real DVR.
 //! - [`rtsp_camera`]: a gst-rtsp-server camera (`peers/rtsp_camera.py`).
+//! - [`camera_lab`]: camgate with a camera network, for the camera streams' tests.
 //! - [`pebble`]: Debian's Pebble ACME CA and its DNS server in a namespace.
 
+pub mod camera_lab;
 pub mod camgate;
 pub mod dvr;
 pub mod http;

@@ -23,18 +23,16 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use camgate_tests::camgate::{Camgate, Launch};
+use camgate_tests::camera_lab::{self, ADMIN_PASSWORD, CAMERA, topology};
 use camgate_tests::dvr::FakeDvr;
-use camgate_tests::lab::{basic, hash_password};
-use camgate_tests::netns::{Netns, Topology, switch_port};
+use camgate_tests::lab::basic;
+use camgate_tests::netns::Netns;
 use camgate_tests::process::require_binary;
 use camgate_tests::rtsp_camera;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
-const CAMERA: &str = "10.77.0.11";
 const ADMIN: &str = "192.168.77.2:8080";
-const ADMIN_PASSWORD: &str = "admin pass";
 /// Seconds the browser watches: long enough for the page to trim its buffer
 /// (it keeps 10 s behind the playing position, trimming past 20 s).
 const WATCH_SECS: u32 = 30;
@@ -43,53 +41,16 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
-fn topology(tag: &str) -> Topology {
-    Topology::builder(tag)
-        .switch(
-            "lansw",
-            &[
-                ("gw", "192.168.77.2/24"),
-                ("dvr", "192.168.77.50/24"),
-                ("home", "192.168.77.254/24"),
-            ],
-        )
-        // camgate replaces this placeholder with `cameras.address`.
-        .switch(
-            "camsw",
-            &[("gw", "10.77.0.254/24"), ("cam", &format!("{CAMERA}/24"))],
-        )
-        .route("gw", "default", "192.168.77.254")
-        .route("dvr", "default", "192.168.77.254")
-        .route("cam", "default", "10.77.0.1")
-        .build()
-}
-
-fn camera_mac(ns: &Netns) -> String {
-    let link: serde_json::Value = serde_json::from_slice(
-        &ns.ip(&["-j", "link", "show", "dev", &switch_port("camsw")])
-            .stdout,
-    )
-    .unwrap();
-    link[0]["address"].as_str().unwrap().to_owned()
-}
-
+/// `main` (H.264 + G.711 on the camera's 554), `sub` (H.265 + AAC on 8554)
+/// and `gone` (nothing listens); a camera must start within 5 s.
 fn config(state: &Path, cam: &Netns) -> String {
-    let alice = hash_password("correct horse");
-    let root = hash_password(ADMIN_PASSWORD);
-    format!(
-        "[daemon]\nmode = \"appliance\"\nstate_dir = \"{state}\"\nlog = \"info,camgate=debug\"\n\
-         [admin]\nlisten = [\"0.0.0.0:8080\"]\n\
-         [[user]]\nname = \"alice\"\npassword_hash = \"{alice}\"\n\
-         [[user]]\nname = \"root\"\npassword_hash = \"{root}\"\nrole = \"admin\"\n\
-         [network]\nuplink = \"{uplink}\"\n\
-         [cameras]\ninterface = \"{cameras}\"\naddress = \"10.77.0.1/24\"\n\
-         [[camera]]\nname = \"porch\"\nmac = \"{mac}\"\naddress = \"{CAMERA}\"\nusername = \"admin\"\npassword = \"s3cret\"\n\
-         streams = {{ main = \"/stream1\", sub = \"rtsp://{CAMERA}:8554/sub\", gone = \"rtsp://{CAMERA}:9554/gone\" }}\n\
-         [streams]\nclose_after = \"3s\"\nopen_timeout = \"5s\"\n",
-        state = state.display(),
-        uplink = switch_port("lansw"),
-        cameras = switch_port("camsw"),
-        mac = camera_mac(cam),
+    camera_lab::config(
+        state,
+        cam,
+        &format!(
+            "main = \"/stream1\", sub = \"rtsp://{CAMERA}:8554/sub\", gone = \"rtsp://{CAMERA}:9554/gone\""
+        ),
+        "open_timeout = \"5s\"\n",
     )
 }
 
@@ -203,12 +164,7 @@ fn the_admin_watches_a_camera_live_in_a_browser_and_nobody_else_can() {
         "camera-sub",
         "--port 8554 --path /sub --auth digest --user admin --password s3cret --video h265 --width 320 --height 240 --fps 10 --audio aac",
     );
-    let mut camgate = Camgate::start(Launch {
-        netns: Some(gw),
-        config: Some(config(&dir.path().join("state"), cam)),
-        env: Vec::new(),
-        appliance_setup: false,
-    });
+    let mut camgate = camera_lab::start(gw, config(&dir.path().join("state"), cam));
 
     // Another site on camgate's host (a DVR's pages, or anything else
     // there): another web server, on another port.

@@ -11,122 +11,23 @@
 //! ```
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use camgate_tests::camgate::{Camgate, Launch};
-use camgate_tests::lab::{basic, hash_password};
-use camgate_tests::netns::{Netns, Topology, switch_port};
+use camgate_tests::camera_lab::{
+    self, CAMERA, RESTREAM, start as start_camgate, stream_token, streams, topology,
+};
+use camgate_tests::netns::Netns;
 use camgate_tests::process::{Peer, require_binary, wait_until};
 use camgate_tests::rtsp_camera;
 
-const CAMERA: &str = "10.77.0.11";
-const RESTREAM: &str = "192.168.77.2:8554";
-const ADMIN_PASSWORD: &str = "admin pass";
-
-fn topology(tag: &str) -> Topology {
-    Topology::builder(tag)
-        .switch(
-            "lansw",
-            &[
-                ("gw", "192.168.77.2/24"),
-                ("dvr", "192.168.77.50/24"),
-                ("home", "192.168.77.254/24"),
-            ],
-        )
-        // camgate replaces this placeholder with `cameras.address`.
-        .switch(
-            "camsw",
-            &[("gw", "10.77.0.254/24"), ("cam", &format!("{CAMERA}/24"))],
-        )
-        .link(("home", "203.0.113.1/24"), ("wan", "203.0.113.2/24"))
-        .route("wan", "default", "203.0.113.1")
-        .route("gw", "default", "192.168.77.254")
-        .route("dvr", "default", "192.168.77.254")
-        .route("cam", "default", "10.77.0.1")
-        .sysctl("home", "net.ipv4.ip_forward", "1")
-        .build()
-}
-
-fn camera_mac(ns: &Netns) -> String {
-    let link: serde_json::Value = serde_json::from_slice(
-        &ns.ip(&["-j", "link", "show", "dev", &switch_port("camsw")])
-            .stdout,
-    )
-    .unwrap();
-    link[0]["address"].as_str().unwrap().to_owned()
-}
-
-/// `camgate token create` for the restream, as a user would: the config
-/// lines and the secret.
-fn stream_token(dir: &Path, name: &str, scope: &str) -> (String, String) {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, "[daemon]\nmode = \"dev\"\n").unwrap();
-    let created = Command::new(camgate_tests::camgate::binary())
-        .args([
-            "token", "create", name, "--site", "streams", "--scope", scope, "--config",
-        ])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    let secret = String::from_utf8(created.stdout).unwrap().trim().to_owned();
-    let written = std::fs::read_to_string(&path).unwrap();
-    (
-        written
-            .strip_prefix("[daemon]\nmode = \"dev\"\n")
-            .unwrap()
-            .to_owned(),
-        secret,
-    )
-}
-
+/// Both of `porch`'s streams: `/stream1` on its port 554 and `/sub` on 8554.
 fn config(state: &Path, cam: &Netns, extra: &str) -> String {
-    let alice = hash_password("correct horse");
-    let root = hash_password(ADMIN_PASSWORD);
-    format!(
-        "[daemon]\nmode = \"appliance\"\nstate_dir = \"{state}\"\nlog = \"info,camgate=debug\"\n\
-         [admin]\nlisten = [\"0.0.0.0:8080\"]\n\
-         [[user]]\nname = \"alice\"\npassword_hash = \"{alice}\"\n\
-         [[user]]\nname = \"root\"\npassword_hash = \"{root}\"\nrole = \"admin\"\n\
-         [network]\nuplink = \"{uplink}\"\n\
-         [cameras]\ninterface = \"{cameras}\"\naddress = \"10.77.0.1/24\"\n\
-         [[camera]]\nname = \"porch\"\nmac = \"{mac}\"\naddress = \"{CAMERA}\"\nusername = \"admin\"\npassword = \"s3cret\"\n\
-         streams = {{ main = \"/stream1\", sub = \"rtsp://{CAMERA}:8554/sub\" }}\n\
-         [streams]\nclose_after = \"3s\"\n{extra}",
-        state = state.display(),
-        uplink = switch_port("lansw"),
-        cameras = switch_port("camsw"),
-        mac = camera_mac(cam),
+    camera_lab::config(
+        state,
+        cam,
+        &format!("main = \"/stream1\", sub = \"rtsp://{CAMERA}:8554/sub\""),
+        extra,
     )
-}
-
-fn start_camgate(gw: &Netns, config: String) -> Camgate {
-    Camgate::start(Launch {
-        netns: Some(gw),
-        config: Some(config),
-        env: Vec::new(),
-        appliance_setup: false,
-    })
-}
-
-/// `GET /api/streams` as the admin.
-fn streams(gw: &Netns) -> serde_json::Value {
-    let admin = basic("root", ADMIN_PASSWORD);
-    let authorization = admin.trim_start_matches("Authorization: ").trim_end();
-    let reply = camgate_tests::http::request(
-        gw,
-        "GET",
-        "http://127.0.0.1:8080/api/streams",
-        &[("Authorization", authorization)],
-    )
-    .unwrap();
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.json()
 }
 
 fn stream<'a>(all: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
