@@ -56,13 +56,10 @@ pub struct Track {
 }
 
 impl Track {
-    /// An audio track without sizes or MP4 boxes: G.711 and its kind, and
-    /// the start of any audio track.
-    pub fn audio(encoding: &str, payload_type: u8, clock_rate: u32, channels: Option<u16>) -> Self {
+    /// A track with what RTP needs, before sizes and MP4 boxes are known.
+    pub fn new(codec: Codec, payload_type: u8, clock_rate: u32, channels: Option<u16>) -> Self {
         Self {
-            codec: Codec::Audio {
-                encoding: encoding.to_owned(),
-            },
+            codec,
             payload_type,
             clock_rate,
             channels,
@@ -71,6 +68,12 @@ impl Track {
             rfc6381: None,
             sample_entry: None,
         }
+    }
+
+    /// An audio track sent as it came: G.711 and its kind.
+    pub fn audio(encoding: &str, payload_type: u8, clock_rate: u32, channels: Option<u16>) -> Self {
+        let encoding = encoding.to_owned();
+        Self::new(Codec::Audio { encoding }, payload_type, clock_rate, channels)
     }
 }
 

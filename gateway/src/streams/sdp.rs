@@ -162,19 +162,6 @@ pub(super) mod tests {
         Bytes::from(BASE64.decode(base64).unwrap())
     }
 
-    fn track(codec: Codec, payload_type: u8, clock_rate: u32, channels: Option<u16>) -> Track {
-        Track {
-            codec,
-            payload_type,
-            clock_rate,
-            channels,
-            dimensions: None,
-            frame_rate: None,
-            rfc6381: None,
-            sample_entry: None,
-        }
-    }
-
     pub(in super::super) fn h264_track() -> Track {
         let codec = Codec::H264 {
             sps: nal(H264_SPS),
@@ -182,7 +169,7 @@ pub(super) mod tests {
         };
         Track {
             frame_rate: Some((1, 25)),
-            ..track(codec, 96, 90_000, None)
+            ..Track::new(codec, 96, 90_000, None)
         }
     }
 
@@ -192,7 +179,7 @@ pub(super) mod tests {
             sps: nal(H265_SPS),
             pps: nal(H265_PPS),
         };
-        track(codec, 98, 90_000, None)
+        Track::new(codec, 98, 90_000, None)
     }
 
     /// AAC-LC, 48 kHz stereo: `AudioSpecificConfig` 0x1190 is object type 2,
@@ -201,14 +188,11 @@ pub(super) mod tests {
         let codec = Codec::Aac {
             config: Bytes::from_static(&[0x11, 0x90]),
         };
-        track(codec, 97, 48_000, Some(2))
+        Track::new(codec, 97, 48_000, Some(2))
     }
 
     pub(in super::super) fn pcma_track() -> Track {
-        let codec = Codec::Audio {
-            encoding: "PCMA".to_owned(),
-        };
-        track(codec, 8, 8000, Some(1))
+        Track::audio("PCMA", 8, 8000, Some(1))
     }
 
     /// retina's depacketizer for `track`, set up as retina's client would
