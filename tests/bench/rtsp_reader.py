@@ -18,8 +18,9 @@ every frame, plus the benchmark's per-phase summary and its report.
 Counting: only the RTP channel the SETUP answer names (RTCP is counted apart),
 and only packets received inside the window, which opens --warmup seconds
 after every reader plays (or --setup-timeout after the start) and lasts
---duration; its times go to stdout ("window START END playing=N"). Bytes are whole RTP packets (header included, interleaving header
-not). A frame is an access unit: it ends at a packet with the marker bit.
+--duration; its times go to stdout ("window START END playing=N"). Bytes are
+whole RTP packets (header included, interleaving header not). A frame is an
+access unit: it ends at a packet with the marker bit.
 
 Timing: each socket has SO_TIMESTAMPNS, so a read carries the kernel's
 receive time of the newest segment in it (the clock is CLOCK_REALTIME, the
@@ -28,13 +29,14 @@ A frame is keyed by the first 256 bytes of its first slice NAL (header byte
 included; an FU-A start is put back together), which every relay passes on
 unchanged however it packetizes (each sends at least that much of a NAL in its
 first packet; the slice header plus a few macroblocks repeat in a scrolling
-test pattern, so 32 bytes were not enough); its times are the read that brought that
-NAL's first packet (t_first) and the read that brought its marker packet
-(t_end, "frame complete": when a decoder could have it).
+test pattern, so 32 bytes were not enough); its times are the read that
+brought that NAL's first packet (t_first) and the read that brought its
+marker packet (t_end, "frame complete": when a decoder could have it). A
+reader's frame is matched to the probe's frame with the same key received up
+to 5 s before it; a key seen twice in that span is left out ("ambiguous").
 """
 import argparse
 import base64
-import errno
 import hashlib
 import json
 import math
@@ -284,7 +286,7 @@ class Conn:
             self.au_key = None
             self.au_bytes = 0
 
-    def result(self, window):
+    def result(self):
         startup = self.first_rtp - self.connected_at if self.first_rtp else None
         return {
             "i": self.index,
@@ -471,7 +473,7 @@ class Reader:
             "window": [self.window_start, self.window_end],
             "duration": self.args.duration,
             "all_playing_s": self.all_playing_s,
-            "readers": [c.result(self.args.duration) for c in self.all],
+            "readers": [c.result() for c in self.all],
         }
         missing = self.args.count - len(self.all)
         out["readers"] += [{"i": len(self.all) + k, "state": "absent", "error": "never connected", "packets": 0,
@@ -549,11 +551,6 @@ def summarize(args):
             worst_reader_p99.append(percentile(own, 0.99))
     ticks_s = args.cpu_ticks / args.hz
     cpu_s = args.cpu_ns / 1e9
-    # utime+stime count exited threads too, but only to 10 ms per sample: when they exceed the live threads'
-    # schedstat by more than that (a thread exited in the window, as gst's do), they are the figure.
-    thread_exited = ticks_s - cpu_s > 0.03 + 0.02 * cpu_s
-    if thread_exited:
-        cpu_s = ticks_s
     healthy = sum(1 for m, r in zip(mbps, rows) if r["error"] is None and camera_mbps and m >= 0.9 * camera_mbps)
     out = {
         "round": args.round,
@@ -564,12 +561,11 @@ def summarize(args):
         "relay_cpu_s": round(cpu_s, 4),
         "relay_cpu_pct": round(100 * cpu_s / args.cpu_window, 3),
         "relay_cpu_ticks_s": round(ticks_s, 3),
-        "relay_cpu_from_ticks": thread_exited,
         "rss_kib": args.rss_kib,
         "rss_last_kib": args.rss_last_kib,
         "pss_kib": args.pss_kib,
         "idle_rss_kib": args.idle_rss_kib,
-        "camera_cpu_pct": round(100 * args.camera_cpu_ticks / args.hz / args.cpu_window, 1),
+        "camera_cpu_pct": round(100 * args.camera_cpu_ns / 1e9 / args.cpu_window, 1),
         "cpu0_busy": args.cpu0_busy,
         "cpu1_busy": args.cpu1_busy,
         "camera_fps": round(camera_fps, 2),
@@ -643,7 +639,7 @@ def report(args):
           f"medians of {len(rounds)} round(s). Relay on CPU 0; camera, readers and probe on CPU 1.")
     print(f"\nDelivery ({many} readers, measured window): each reader's RTP bytes and frames; 'ok' = readers with "
           ">= 90% of the camera's bitrate and no error;\nstart = connect to first RTP packet (median); camera % = the "
-          "camera's CPU (it serves 51 sessions for ffmpeg), CPU1 % = all of CPU 1")
+          f"camera's CPU (it serves {many + 1} sessions for ffmpeg), CPU1 % = all of CPU 1")
     print(f"{'relay':<11} {'ok':>6} {'Mbit/s min':>11} {'median':>8} {'fps min':>8} {'median':>7}"
           f" {'pkts/s med':>11} {'start s':>8} {'camera %':>9} {'CPU1 %':>7}")
     for relay in relays:
@@ -719,9 +715,6 @@ def report(args):
         if r["camera_fps"] < 24:
             notes.append(f"round {r['round']} {r['relay']} x{r['readers']}: the camera ran at {r['camera_fps']} fps "
                          "(it did not keep up)")
-        if r.get("relay_cpu_from_ticks"):
-            notes.append(f"round {r['round']} {r['relay']} x{r['readers']}: a thread exited in the window, so its CPU "
-                         f"is from utime+stime ({r['relay_cpu_ticks_s']} s, +-0.02 s), not the threads' schedstat")
         if r["cpu0_busy"] - r["relay_cpu_pct"] > 20:
             notes.append(f"round {r['round']} {r['relay']} x{r['readers']}: CPU 0 was {r['cpu0_busy']}% busy, the "
                          f"relay {r['relay_cpu_pct']}%: other load (or softirq work) on the relay's CPU")
@@ -765,12 +758,12 @@ def main():
     summ.add_argument("--results", required=True)
     summ.add_argument("--round", type=int, required=True)
     summ.add_argument("--relay", required=True)
-    summ.add_argument("--cpu-ns", type=float, required=True, help="schedstat of the relay's threads")
-    summ.add_argument("--cpu-ticks", type=float, required=True, help="utime+stime, the cross-check")
+    summ.add_argument("--cpu-ns", type=float, required=True, help="the relay's threads' run time (schedstat)")
+    summ.add_argument("--cpu-ticks", type=float, required=True, help="utime+stime, informational")
     summ.add_argument("--cpu-window", type=float, required=True, help="seconds between the CPU samples")
     summ.add_argument("--hz", type=float, default=os.sysconf("SC_CLK_TCK"))
     summ.add_argument("--processes", type=int, default=1)
-    summ.add_argument("--camera-cpu-ticks", type=float, default=math.nan, help="the camera's utime+stime")
+    summ.add_argument("--camera-cpu-ns", type=float, default=math.nan, help="the camera's run time")
     summ.add_argument("--rss-kib", type=int, required=True, help="peak over the window")
     summ.add_argument("--rss-last-kib", type=int, help="the last sample")
     summ.add_argument("--pss-kib", type=int, required=True)

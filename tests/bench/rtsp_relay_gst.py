@@ -4,13 +4,15 @@ tests/peers/rtsp_camera.py; run it with /usr/bin/python3).
 
     rtsp_relay_gst.py relay --source URL --address A --port P --path /PATH
         The gst-rtsp-server relay under test: ONE shared pipeline
-        `( rtspsrc location=URL protocols=tcp latency=0 ! rtph264depay ! rtph264pay name=pay0 )`
+        `( rtspsrc location=URL protocols=tcp latency=0 buffer-mode=none
+           ! rtph264depay ! rtph264pay name=pay0 config-interval=-1 )`
         pulled once and served to every reader (RTP over TCP interleaved, as
-        the readers ask).
+        the readers ask). buffer-mode=none: rtspsrc's default (slave) held
+        each frame ~20 ms.
     rtsp_relay_gst.py camera --pattern "smpte horizontal-speed=8" RTSP_CAMERA_OPTIONS...
         The benchmark's camera: tests/peers/rtsp_camera.py's own launch line
         and client/session accounting (imported, so the encoder settings are
-        the same), with two differences:
+        the same), with three differences:
         - its pipeline is SHARED (one encoder for every session), where
           rtsp_camera.py makes one per session: a 1080p encoder per ffmpeg
           relay (50) cannot run on two cores, and a reader on the camera can
