@@ -348,7 +348,8 @@ fn query_values<'q>(query: Option<&'q str>, key: &'q str) -> impl Iterator<Item 
         .map(|(_, v)| v.into_owned())
 }
 
-fn authorization(value: &[u8]) -> Presented {
+/// One `Authorization` value: Basic or Bearer.
+pub fn authorization(value: &[u8]) -> Presented {
     if value.len() > MAX_AUTHORIZATION_BYTES {
         return Presented::Malformed("Authorization header too long");
     }

@@ -758,18 +758,23 @@ pub(super) fn network(value: &Spanned<String>, key: &str) -> Result<IpNet, Probl
 }
 
 /// Names of sites, sets, users and tokens: what logs and URLs can carry as is.
+/// A name of a site, user, camera, stream…: 1 to 64 of `a-z`, `0-9`, `-`
+/// and `_` (safe in paths, URLs and file names as it is).
+pub fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 pub(super) fn identifier(
     name: &str,
     span: std::ops::Range<usize>,
     key: &str,
     kind: &str,
 ) -> Result<(), Problem> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if valid {
+    if is_identifier(name) {
         Ok(())
     } else {
         Err(Problem::new(

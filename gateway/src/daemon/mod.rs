@@ -268,7 +268,7 @@ impl Daemon {
         let firewall = Firewall::start(&config, Arc::new(Nft))?;
         let drain = Drain::new(shutdown);
         let started = Instant::now();
-        let stream_status = Arc::new(StreamStatusSource::default());
+        let stream_status = Arc::new(StreamStatusSource::new(Arc::new(RetinaOpener::default())));
         let metrics = Arc::new(Metrics::new(unix_now_f64(), Arc::clone(&stream_status)));
         let (status, status_rx) = watch::channel(DaemonStatus {
             mode: config.daemon.mode,
@@ -300,13 +300,7 @@ impl Daemon {
         if config.manages_system() {
             crate::firewall::nflog::spawn(cameras.report(), &drain);
         }
-        let streams = StreamService::start(
-            &config,
-            &auth,
-            Arc::new(RetinaOpener::default()),
-            stream_status,
-            &drain,
-        )?;
+        let streams = StreamService::start(&config, &auth, stream_status, &drain)?;
         let (reload_handle, reload_requests) = mpsc::channel(4);
         let reload_handle = ReloadHandle(reload_handle);
         let store = Arc::new(ConfigStore::new(source.path.clone(), source.overrides));

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::{Notify, watch};
 
-use super::media::{Frame, Track};
+use super::media::{Frame, Track, same_shape};
 
 /// A reader's queue holds at most this many frames…
 const QUEUE_FRAMES: usize = 512;
@@ -90,7 +90,6 @@ struct Counters {
     bytes: u64,
     /// Frames readers lost by falling behind.
     dropped: u64,
-    key_frames: u64,
     meter: Meter,
 }
 
@@ -293,7 +292,6 @@ impl Hub {
         counters.frames += 1;
         counters.bytes += frame.data.len() as u64;
         counters.dropped += dropped;
-        counters.key_frames += u64::from(starts_gop && inner.key_track.is_some());
         let video = inner.key_track == Some(frame.track);
         counters.meter.add(instant, video, frame.data.len());
     }
@@ -321,7 +319,7 @@ impl Hub {
         drop(inner);
         Ok(Reader {
             queue,
-            _lease: self.lease(),
+            lease: self.lease(),
         })
     }
 
@@ -361,17 +359,6 @@ impl Hub {
     fn unsubscribe(&self, queue: &Arc<Queue>) {
         self.lock().readers.retain(|q| !Arc::ptr_eq(q, queue));
     }
-}
-
-/// Same codecs, payload types and clock rates, in the same order.
-fn same_shape(a: &[Track], b: &[Track]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(a, b)| {
-            std::mem::discriminant(&a.codec) == std::mem::discriminant(&b.codec)
-                && a.payload_type == b.payload_type
-                && a.clock_rate == b.clock_rate
-                && a.channels == b.channels
-        })
 }
 
 /// Keeps the source wanted; dropping it gives the demand back.
@@ -449,7 +436,7 @@ impl Queue {
 #[derive(Debug)]
 pub struct Reader {
     queue: Arc<Queue>,
-    _lease: Lease,
+    lease: Lease,
 }
 
 impl Reader {
@@ -483,15 +470,11 @@ impl Reader {
     pub fn dropped(&self) -> u64 {
         self.queue.lock().dropped
     }
-
-    pub fn hub(&self) -> &Arc<Hub> {
-        self._lease.hub()
-    }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        self._lease.hub().unsubscribe(&self.queue);
+        self.lease.hub().unsubscribe(&self.queue);
     }
 }
 

@@ -77,6 +77,19 @@ impl Track {
     }
 }
 
+/// Same codecs, payload types, clock rates and channels, in the same order:
+/// a reader (and the RTP timeline) can carry on from one to the other; new
+/// parameter sets travel in band.
+pub fn same_shape(a: &[Track], b: &[Track]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| {
+            std::mem::discriminant(&a.codec) == std::mem::discriminant(&b.codec)
+                && a.payload_type == b.payload_type
+                && a.clock_rate == b.clock_rate
+                && a.channels == b.channels
+        })
+}
+
 /// One frame of one track: an access unit of video, or a frame of audio.
 /// Built once by the stream's source and shared (`Arc`) by every consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,8 +19,7 @@ pub mod server;
 pub mod source;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -36,7 +35,7 @@ use crate::daemon::{SubsystemState, SubsystemStatus};
 use crate::net::{ConnectionCaps, ListenError, ListenerKind, ListenerSet, Serving, StagedListeners};
 use crate::proxy::rules::Requirement;
 use crate::shutdown::Drain;
-use server::{Routes, ServerContext};
+use server::{Route, Routes, ServerContext};
 use source::{CameraOpener, Timing};
 
 const KIND: ListenerKind = ListenerKind {
@@ -72,10 +71,7 @@ struct Running {
 
 impl Running {
     fn same(&self, source: &StreamSource, timing: Timing, max_readers: usize) -> bool {
-        self.source == *source
-            && self.timing.open_timeout == timing.open_timeout
-            && self.timing.close_after == timing.close_after
-            && self.max_readers == max_readers
+        self.source == *source && self.timing == timing && self.max_readers == max_readers
     }
 
     fn stop(&self) {
@@ -95,12 +91,11 @@ impl StreamService {
     pub fn start(
         config: &Config,
         auth: &Arc<AuthShared>,
-        opener: Arc<dyn CameraOpener>,
         status: Arc<StreamStatusSource>,
         drain: &Drain,
     ) -> Result<Self, ListenError> {
         let context = ServerContext {
-            routes: Arc::new(ArcSwap::from_pointee(Routes::default())),
+            routes: Arc::clone(&status.routes),
             auth: Arc::clone(auth),
         };
         let bound = config
@@ -113,7 +108,7 @@ impl StreamService {
         let mut service = Self {
             listeners,
             context,
-            opener,
+            opener: Arc::clone(&status.opener),
             running: HashMap::new(),
             status,
         };
@@ -183,10 +178,16 @@ impl StreamService {
         }
         self.running = running;
         self.context.routes.store(Arc::new(Routes {
-            hubs: self
+            streams: self
                 .running
                 .iter()
-                .map(|(path, r)| (path.clone(), Arc::clone(&r.hub)))
+                .map(|(path, r)| {
+                    let route = Route {
+                        source: r.source.clone(),
+                        hub: Arc::clone(&r.hub),
+                    };
+                    (path.clone(), route)
+                })
                 .collect(),
             requirement: Requirement {
                 from: Vec::new(),
@@ -195,25 +196,10 @@ impl StreamService {
             },
             open_timeout: streams.open_timeout,
         }));
-        let mut entries: Vec<StreamEntry> = self
-            .running
-            .values()
-            .map(|r| StreamEntry {
-                source: r.source.clone(),
-                hub: Arc::clone(&r.hub),
-            })
-            .collect();
-        entries.sort_by_key(|e| e.source.path());
-        self.status
-            .set(entries, Arc::clone(&self.opener), streams.open_timeout);
     }
 
     pub fn status_source(&self) -> Arc<StreamStatusSource> {
         Arc::clone(&self.status)
-    }
-
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.local_addrs()
     }
 
     pub fn status(&self) -> SubsystemStatus {
@@ -251,24 +237,14 @@ fn serve_with(
     }
 }
 
+/// What the admin API reads: every stream's state (`/api/streams`,
+/// `/metrics`) and its hub (the live view). The RTSP server reads the same
+/// routes.
 #[derive(Debug)]
-struct StreamEntry {
-    source: StreamSource,
-    hub: Arc<Hub>,
-}
-
-/// What the admin API reads: every stream's state, for `/api/streams`.
-#[derive(Debug, Default)]
 pub struct StreamStatusSource {
-    entries: Mutex<StatusEntries>,
-}
-
-#[derive(Debug, Default)]
-struct StatusEntries {
-    streams: Vec<StreamEntry>,
-    /// Counts the camera sessions.
-    opener: Option<Arc<dyn CameraOpener>>,
-    open_timeout: std::time::Duration,
+    routes: Arc<ArcSwap<Routes>>,
+    /// Opens the cameras; counts their sessions.
+    opener: Arc<dyn CameraOpener>,
 }
 
 /// One stream as `/api/streams` shows it.
@@ -309,42 +285,32 @@ pub struct TrackStatus {
 }
 
 impl StreamStatusSource {
-    fn set(
-        &self,
-        entries: Vec<StreamEntry>,
-        opener: Arc<dyn CameraOpener>,
-        open_timeout: std::time::Duration,
-    ) {
-        *self.entries.lock().unwrap_or_else(PoisonError::into_inner) = StatusEntries {
-            streams: entries,
-            opener: Some(opener),
-            open_timeout,
-        };
+    pub fn new(opener: Arc<dyn CameraOpener>) -> Self {
+        Self {
+            routes: Arc::default(),
+            opener,
+        }
     }
 
     /// How long a reader waits for a camera to start streaming.
     pub fn open_timeout(&self) -> std::time::Duration {
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .open_timeout
+        self.routes.load().open_timeout
     }
 
     /// The hub of the stream at `path` (`/<camera>/<stream>`).
     pub fn hub(&self, path: &str) -> Option<Arc<Hub>> {
-        let guard = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        guard
+        self.routes
+            .load()
             .streams
-            .iter()
-            .find(|entry| entry.source.path() == path)
-            .map(|entry| Arc::clone(&entry.hub))
+            .get(path)
+            .map(|route| Arc::clone(&route.hub))
     }
 
     pub fn snapshot(&self) -> Vec<StreamStatus> {
-        let guard = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let StatusEntries { streams, opener, .. } = &*guard;
-        streams
-            .iter()
+        self.routes
+            .load()
+            .streams
+            .values()
             .map(|entry| {
                 let snapshot = entry.hub.snapshot();
                 let unix = |t: std::time::SystemTime| {
@@ -356,7 +322,7 @@ impl StreamStatusSource {
                     SourceState::Idle | SourceState::Connecting => (None, None),
                 };
                 let live = usize::from(matches!(snapshot.state, SourceState::Playing { .. }));
-                let stale = opener.as_ref().map_or(0, |o| o.sessions(&entry.source));
+                let stale = self.opener.sessions(&entry.source);
                 StreamStatus {
                     camera: entry.source.camera.clone(),
                     stream: entry.source.name.clone(),

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::{BufMut, BytesMut};
-use rtsp_types::headers::{self, HeaderName};
+use rtsp_types::headers;
 use rtsp_types::{Method, Response, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -39,13 +39,20 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const SENDER_REPORT_EVERY: Duration = Duration::from_secs(5);
 const PUBLIC: &str = "OPTIONS, DESCRIBE, SETUP, PLAY, PAUSE, TEARDOWN, GET_PARAMETER, SET_PARAMETER";
 
-/// What the server serves; swapped whole on reload.
+/// The configured streams, as the server, the live view and the status
+/// read them; swapped whole on reload.
 #[derive(Debug, Default)]
 pub struct Routes {
     /// By path, `/<camera>/<stream>`.
-    pub hubs: std::collections::HashMap<String, Arc<Hub>>,
+    pub streams: std::collections::BTreeMap<String, Route>,
     pub requirement: Requirement,
     pub open_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub source: crate::config::streams::StreamSource,
+    pub hub: Arc<Hub>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,12 +106,8 @@ pub fn stream_of(path: &str) -> Option<(String, Option<usize>)> {
         [camera, stream, control] => (camera, stream, Some(sdp::track_from_control(control)?)),
         _ => return None,
     };
-    let name = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-    };
-    (name(camera) && name(stream)).then(|| (format!("/{camera}/{stream}"), track))
+    let named = |s: &str| crate::config::proxy::is_identifier(s);
+    (named(camera) && named(stream)).then(|| (format!("/{camera}/{stream}"), track))
 }
 
 /// The interleaved channels for a SETUP: the client's, or `2n, 2n+1`.
@@ -310,9 +313,9 @@ impl Connection {
         let (path, track) = stream_of(url.path()).ok_or(Refusal::status(StatusCode::NotFound))?;
         let routes = self.context.routes.load_full();
         let hub = routes
-            .hubs
+            .streams
             .get(&path)
-            .cloned()
+            .map(|route| Arc::clone(&route.hub))
             .ok_or(Refusal::status(StatusCode::NotFound))?;
         let authorization = request
             .header(&headers::AUTHORIZATION)
@@ -632,12 +635,7 @@ fn presented(authorization: &str) -> Presented {
     if authorization.is_empty() {
         return Presented::None;
     }
-    let mut headers = http::HeaderMap::new();
-    let Ok(value) = http::HeaderValue::from_str(authorization) else {
-        return Presented::Malformed("Authorization is not text");
-    };
-    headers.insert(http::header::AUTHORIZATION, value);
-    match auth::presented(&headers, None) {
+    match auth::authorization(authorization.as_bytes()) {
         Presented::Basic { password, .. } if password.starts_with(auth::token::SECRET_PREFIX.as_bytes()) => {
             match String::from_utf8(password) {
                 Ok(token) => Presented::Token(token),
@@ -667,10 +665,7 @@ impl Refusal {
                 .header(headers::WWW_AUTHENTICATE, "Basic realm=\"camgate\"")
                 .build(Vec::new()),
             Self::Banned(left) => Response::builder(Version::V1_0, StatusCode::Forbidden)
-                .header(
-                    HeaderName::from_static_str("Retry-After").expect("a valid header name"),
-                    left.as_secs().max(1).to_string(),
-                )
+                .header(headers::RETRY_AFTER, left.as_secs().max(1).to_string())
                 .build(Vec::new()),
         }
     }

@@ -80,7 +80,7 @@ const HEALTHY: Duration = Duration::from_secs(60);
 /// for live555's).
 const MAX_SETTLE: Duration = Duration::from_secs(70);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
     pub open_timeout: Duration,
     pub close_after: Duration,
@@ -227,10 +227,8 @@ struct TrackTimeline {
 
 impl Timeline {
     fn open(&mut self, tracks: &[Track]) {
-        let same = self.tracks.len() == tracks.len()
-            && self.tracks.iter().zip(tracks).all(|(old, new)| {
-                old.track.payload_type == new.payload_type && old.track.clock_rate == new.clock_rate
-            });
+        let old: Vec<Track> = self.tracks.iter().map(|t| t.track.clone()).collect();
+        let same = super::media::same_shape(&old, tracks);
         if same {
             for (timeline, track) in self.tracks.iter_mut().zip(tracks) {
                 timeline.track = track.clone();
