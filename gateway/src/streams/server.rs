@@ -9,6 +9,7 @@
 //! not offered: camgate keeps passwords only as argon2 hashes, and Digest
 //! needs the password (or an MD5 of it) on the server.
 
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -170,7 +171,6 @@ struct Connection {
     /// The Authorization value and path already granted on this
     /// connection: not re-verified (and re-audited) per request.
     granted: Option<(String, String)>,
-    out: BytesMut,
 }
 
 pub async fn serve(
@@ -188,7 +188,6 @@ pub async fn serve(
         lease: None,
         session: None,
         granted: None,
-        out: BytesMut::new(),
     };
     if let Err(e) = connection.run(&part).await {
         tracing::debug!(err = %e, "RTSP connection ended");
@@ -539,8 +538,8 @@ impl Connection {
         Ok(())
     }
 
-    /// A frame's RTP packets, interleaved, in one write. Copying into one
-    /// buffer costs less than a system call per packet.
+    /// A frame's RTP packets, interleaved: one vectored write of the shared
+    /// packets behind their 4-byte headers, so no reader copies a frame.
     async fn send_frame(&mut self, frame: &super::media::Frame) -> Result<(), ConnectionError> {
         let Some(session) = self.session.as_mut() else {
             return Ok(());
@@ -548,11 +547,22 @@ impl Connection {
         let Some(setup) = session.tracks.iter_mut().find(|t| t.track == frame.track) else {
             return Ok(());
         };
-        self.out.clear();
-        for packet in &frame.packets {
-            interleave(&mut self.out, setup.rtp_channel, packet);
+        // The packetizer keeps packets under 64 KiB: interleaving's limit.
+        let packets: Vec<(u16, &bytes::Bytes)> = frame
+            .packets
+            .iter()
+            .filter_map(|packet| Some((u16::try_from(packet.len()).ok()?, packet)))
+            .collect();
+        let headers: Vec<[u8; 4]> = packets
+            .iter()
+            .map(|&(len, _)| {
+                let [high, low] = len.to_be_bytes();
+                [b'$', setup.rtp_channel, high, low]
+            })
+            .collect();
+        for &(len, _) in &packets {
             setup.packets = setup.packets.wrapping_add(1);
-            setup.octets = setup.octets.wrapping_add(packet.len().saturating_sub(12) as u32);
+            setup.octets = setup.octets.wrapping_add(u32::from(len).saturating_sub(12));
         }
         if setup.ssrc.is_none() {
             setup.ssrc = frame
@@ -561,10 +571,15 @@ impl Connection {
                 .and_then(|p| p.get(8..12))
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         }
-        let out = std::mem::take(&mut self.out);
-        let result = self.write(&out).await;
-        self.out = out;
-        result
+        let mut slices: Vec<IoSlice<'_>> = headers
+            .iter()
+            .zip(&packets)
+            .flat_map(|(header, (_, packet))| [IoSlice::new(header), IoSlice::new(packet)])
+            .collect();
+        tokio::time::timeout(WRITE_TIMEOUT, write_all_vectored(&mut self.stream, &mut slices))
+            .await
+            .map_err(|_| ConnectionError::WriteTimeout)??;
+        Ok(())
     }
 
     /// An RTCP sender report per set-up track that sent something: the
@@ -604,6 +619,19 @@ impl Connection {
         }
         self.write(&out).await
     }
+}
+
+/// `write_all` for a list of slices (tokio has none): writes until every
+/// slice has gone, resuming after partial writes.
+async fn write_all_vectored(stream: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        let written = stream.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
 }
 
 fn interleave(out: &mut BytesMut, channel: u8, packet: &[u8]) {
